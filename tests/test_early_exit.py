@@ -1,0 +1,146 @@
+"""Exit rule, NACHOS loss (both regularisers), threshold choice and expected-cost accounting."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgenas.nn.early_exit import EarlyExitNet, exit_decisions
+from edgenas.train.exits import (ExitTrainingConfig, cost_regulariser, exit_probabilities, nachos_loss,
+                                 train_exit_heads)
+from edgenas.train.thresholds import apply_policy, choose_policy, path_costs
+
+
+class CountingSegment(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return torch.relu(self.conv(x))
+
+
+def head(c, n_out):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_out))
+
+
+def tiny_net(thresholds=(0.5, 0.5), n_classes=4):
+    torch.manual_seed(0)
+    segs = [CountingSegment(1, 4), CountingSegment(4, 6), CountingSegment(6, 8)]
+    heads = [head(4, n_classes + 1), head(6, n_classes + 1), head(8, n_classes)]
+    return EarlyExitNet(segs, heads, n_classes, (1, 8, 8), thresholds).eval()
+
+
+def test_eager_forward_matches_vectorised_rule_and_skips_work():
+    net = tiny_net((0.45, 0.6))
+    with torch.no_grad():
+        for scale in (1.0, 5.0, 30.0):  # bias the confidence logits to exercise every exit
+            for h in net.heads[:2]:
+                h[-1].bias.data[-1] = np.log(scale) - 1.0
+            x = torch.randn(64, 1, 8, 8) * scale
+            logits_all, conf = net.forward_all(x)
+            expect = exit_decisions(conf, net.thresholds)
+            for s in net.segments:
+                s.seen = 0
+            logits, taken = net(x)
+            assert torch.equal(taken, expect)
+            for i in range(3):
+                sel = taken == i
+                assert torch.allclose(logits[sel], logits_all[i][sel], atol=1e-6)
+            # a later segment only sees the samples that did not leave before it
+            assert net.segments[1].seen == int((taken >= 1).sum())
+            assert net.segments[2].seen == int((taken >= 2).sum())
+
+
+def test_exit_decisions_cumulative_rule_by_hand():
+    conf = torch.tensor([[0.8, 0.1], [0.3, 0.3], [0.1, 0.1]])
+    # 1 - survival: row0 [0.8, 0.82], row1 [0.3, 0.51], row2 [0.1, 0.19]
+    assert exit_decisions(conf, [0.7, 0.5]).tolist() == [0, 1, 2]
+    assert exit_decisions(conf, [0.9, 0.85]).tolist() == [2, 2, 2]
+
+
+def test_exit_probabilities_sum_to_one_and_follow_the_product_rule():
+    conf = torch.tensor([[0.2, 0.5], [0.9, 0.0]])
+    p = exit_probabilities(conf)
+    assert torch.allclose(p.sum(1), torch.ones(2))
+    assert torch.allclose(p[0], torch.tensor([0.2, 0.8 * 0.5, 0.8 * 0.5]))
+
+
+def test_cost_regulariser_gradient_reaches_the_confidence_heads():
+    torch.manual_seed(0)
+    feats = torch.randn(32, 6)
+    conf_heads = nn.ModuleList([nn.Linear(6, 1), nn.Linear(6, 1)])
+    costs = torch.tensor([1.0, 2.0, 4.0])
+    budget = 2.0
+
+    def expected_cost():
+        conf = torch.cat([torch.sigmoid(h(feats)) for h in conf_heads], dim=1)
+        return cost_regulariser(exit_probabilities(conf), costs, budget)
+
+    loss = expected_cost()
+    assert loss.item() > 0  # budget binds: the final exit alone costs 4
+    loss.backward()
+    for h in conf_heads:
+        assert h.weight.grad is not None and h.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # a small step against the gradient lowers the expected cost
+        for h in conf_heads:
+            for p in h.parameters():
+                p -= 0.5 * p.grad
+    assert expected_cost().item() < loss.item()
+
+
+def test_nachos_loss_with_all_terms_is_finite_and_differentiable():
+    torch.manual_seed(0)
+    logits = [torch.randn(16, 4, requires_grad=True) for _ in range(3)]
+    conf = torch.rand(16, 2, requires_grad=True)
+    y = torch.randint(0, 4, (16,))
+    support = torch.rand(4, 3)
+    loss = nachos_loss(logits, conf, y, torch.tensor([1.0, 2.0, 3.0]), 1.5, support, ExitTrainingConfig())
+    loss.backward()
+    assert torch.isfinite(loss) and conf.grad.abs().sum() > 0
+
+
+def test_trained_heads_become_confident_where_they_are_right():
+    net = tiny_net()
+    torch.manual_seed(1)
+    n = 256
+    y = torch.randint(0, 4, (n,))
+    # exit-0 features carry the label for half the samples (easy ones), noise for the rest
+    easy = torch.arange(n) < n // 2
+    f0 = torch.randn(n, 4, 8, 8) * 0.1
+    f0[easy, y[easy]] += 3.0
+    feats = [f0, torch.randn(n, 6, 8, 8), torch.randn(n, 8, 8, 8)]
+    train_exit_heads(net, feats, y, [1.0, 2.0, 3.0], None, ExitTrainingConfig(epochs=60, support_from_epoch=30), seed=0)
+    with torch.no_grad():
+        c0 = torch.sigmoid(net.heads[0](f0)[:, 4])
+    assert c0[easy].mean() > c0[~easy].mean() + 0.3
+
+
+def test_path_costs_count_every_head_evaluated_before_the_exit():
+    backbone = [10.0, 25.0, 40.0]
+    heads = [2.0, 3.0, 1.0]
+    assert path_costs(backbone, heads, [True, True]).tolist() == [12.0, 30.0, 46.0]
+    # a disabled head costs nothing on any path
+    assert path_costs(backbone, heads, [False, True]).tolist() == [10.0, 28.0, 44.0]
+
+
+def test_choose_policy_prefers_the_cheapest_combination_within_the_accuracy_floor():
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 3, n)
+    preds = np.stack([y, y, y], axis=1).copy()
+    hard = np.arange(n) >= 300
+    preds[hard, 0] = (y[hard] + 1) % 3         # exit 0 is wrong on the hard quarter
+    conf = np.zeros((n, 2))
+    conf[~hard, 0] = 0.95                      # ... and knows it
+    conf[hard, 0] = 0.05
+    conf[:, 1] = 0.9
+    policy = choose_policy(preds, conf, y, [10, 20, 30], [1, 1, 1], max_accuracy_drop=0.0)
+    assert policy.accuracy == 1.0
+    assert policy.active[0] and policy.exit_rates[0] == pytest.approx(0.75)
+    taken = apply_policy(preds, conf, policy.active, policy.thresholds)
+    assert (taken[~hard] == 0).all() and (taken[hard] > 0).all()
+    # expected cost accounts the exit-0 head on every path
+    assert policy.expected_cost == pytest.approx(float(np.bincount(taken, minlength=3) / n
+                                                       @ path_costs([10, 20, 30], [1, 1, 1], policy.active)))

@@ -1,0 +1,85 @@
+"""Run reports: Pareto plot (PNG), markdown report, and the final table printed by the CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgenas.search.runfolder import atomic_write_bytes
+
+
+def _kib(n) -> str:
+    return f"{n / 1024:.1f}"
+
+
+def member_rows(members: list[dict]) -> list[list[str]]:
+    rows = []
+    for r in members:
+        rows.append([str(r["id"]), f"{r['test_accuracy'] * 100:.2f}", f"{r['val_accuracy'] * 100:.2f}",
+                     str(r["n_exits"]), " / ".join(f"{v * 100:.0f}" for v in r["test_exit_rates"]),
+                     f"{r['macs_expected'] / 1e6:.3f}", f"{r['macs_worst'] / 1e6:.3f}",
+                     f"{r['latency_expected_s'] * 1e3:.2f}", f"{r['latency_worst_s'] * 1e3:.2f}",
+                     _kib(r["peak_sram_bytes"]), _kib(r["flash_bytes"]), r["description"]])
+    return rows
+
+
+HEADER = ["id", "test acc %", "val acc %", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
+          "E[lat] ms", "worst lat ms", "SRAM KiB", "flash KiB", "architecture"]
+
+
+def write_report(path: Path, cfg, target, budgets, records: list[dict], members: list[dict], hv: float) -> None:
+    def fmt(v, unit):
+        return "-" if v is None else f"{v}{unit}"
+    lines = [f"# edgenas search: {cfg.method} on {cfg.dataset} for {target.name}", "",
+             f"- target: {target.description} ({target.clock_hz / 1e6:.0f} MHz)",
+             f"- budgets: latency {fmt(budgets.latency_s and round(budgets.latency_s * 1e3, 3), ' ms')}, "
+             f"SRAM {fmt(budgets.sram_bytes and _kib(budgets.sram_bytes), ' KiB')}, "
+             f"flash {fmt(budgets.flash_bytes and _kib(budgets.flash_bytes), ' KiB')}, "
+             f"min accuracy {fmt(budgets.min_accuracy, '')}",
+             f"- evaluated candidates: {len(records)} ({sum(r['feasible'] for r in records)} within budgets)",
+             f"- Pareto members: {len(members)}; hypervolume (error x latency/budget): {hv:.4f}",
+             "- latency is the target cost model's prediction (see the target's provenance), not a measurement;",
+             "  expected values use validation exit rates and count every head evaluated before the exit taken;",
+             "  accuracy is on the held-out test split, never used for selection.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in member_rows(members)]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budgets, target_name: str) -> None:
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for feasible, style in ((False, dict(c="#bbbbbb", marker="x", label="over budget")),
+                            (True, dict(c="#4c72b0", marker="o", alpha=0.5, label="within budgets"))):
+        pts = [(r["latency_expected_s"] * 1e3, (1 - r["val_accuracy"]) * 100) for r in records if r["feasible"] == feasible]
+        if pts:
+            ax.scatter(*zip(*pts), s=14, **style)
+    if members:
+        pts = [(r["latency_expected_s"] * 1e3, (1 - r["val_accuracy"]) * 100) for r in members]
+        ax.plot(*zip(*pts), "-o", c="#dd4444", ms=5, label="Pareto set")
+    if budgets.latency_s:
+        ax.axvline(budgets.latency_s * 1e3, ls="--", c="k", lw=0.8, label="latency budget")
+    ax.set_xlabel(f"expected latency on {target_name} (ms, predicted)")
+    ax.set_ylabel("validation error (%)")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def print_members(members: list[dict], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    table = Table(title="Pareto set (within budgets)")
+    for h in HEADER:
+        table.add_column(h, overflow="fold")
+    for row in member_rows(members):
+        table.add_row(*row)
+    console.print(table)

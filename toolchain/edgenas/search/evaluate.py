@@ -1,0 +1,165 @@
+"""Real evaluation of one NACHOS candidate: inherit supernet weights, re-calibrate BN, train the exit heads with the
+backbone frozen, choose thresholds on validation, measure on test, and cost the deployed network.
+
+Deterministic: every random choice is seeded from (run seed, genome key), so a candidate evaluates to the same
+record whatever order the search visits it in (which is what makes `--resume` reproduce an uninterrupted run).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from edgenas import cost
+from edgenas.spaces.mbv3 import drop_exits
+from edgenas.train.bn import recalibrate_bn
+from edgenas.train.exits import ExitTrainingConfig, exit_features, exit_outputs, train_exit_heads
+from edgenas.train.thresholds import apply_policy, choose_policy, path_costs
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    exits: ExitTrainingConfig = field(default_factory=ExitTrainingConfig)
+    bn_batches: int = 8
+    max_accuracy_drop: float = 0.01
+    dtype: str = "float32"
+
+
+def candidate_seed(run_seed: int, key: str) -> int:
+    return (zlib.crc32(key.encode()) ^ (run_seed * 2654435761)) & 0x7FFFFFFF
+
+
+def per_exit_costs(graph, values) -> tuple[list[float], list[float]]:
+    """Split a per-layer quantity into cumulative backbone cost at each exit point and cost of each head."""
+    backbone = [0.0] * graph.n_exits
+    heads = [0.0] * graph.n_exits
+    for layer, v in zip(graph.layers, values):
+        if layer.part == "head":
+            heads[layer.index] += float(v)
+        else:
+            backbone[layer.index] += float(v)
+    return list(np.cumsum(backbone)), heads
+
+
+class CandidateEvaluator:
+    """Callable genome -> (record, deployed net). Holds the trained supernet and the data; no I/O."""
+
+    def __init__(self, space, supernet, data, target, budgets, config: EvaluationConfig, seed: int):
+        self.space, self.supernet, self.data, self.target = space, supernet, data, target
+        self.budgets, self.config, self.seed = budgets, config, seed
+
+    def build(self, genome):
+        arch = self.space.decode(genome)
+        key = self.space.key(genome)
+        seed = candidate_seed(self.seed, key)
+        net = self.space.build(arch, self.supernet, head_seed=seed)
+        recalibrate_bn(net, self.data.train, arch.resolution, max_batches=self.config.bn_batches, seed=seed)
+        net.eval()
+        return arch, key, seed, net
+
+    def __call__(self, genome) -> tuple[dict, object]:
+        arch, key, seed, net = self.build(genome)
+        t = self.target
+        full_graph = cost.from_torch(net)
+        lat = cost.predict_latency(full_graph, t)
+        backbone_s, head_s = per_exit_costs(full_graph, lat.layer_s)
+        backbone_s = [b + t.latency.per_inference_cycles / t.clock_hz for b in backbone_s]
+        per_exit_s = t.latency.per_exit_cycles / t.clock_hz
+
+        feats = {name: exit_features(net, getattr(self.data, name).x) for name in ("train", "val", "test")}
+        budget_s = self.budgets.latency_s
+        train_exit_heads(net, feats["train"], self.data.train.y,
+                         path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
+                         budget_s, self.config.exits, seed)
+        val_pred, val_conf = exit_outputs(net, feats["val"])
+        test_pred, test_conf = exit_outputs(net, feats["test"])
+        y_val, y_test = self.data.val.y.numpy(), self.data.test.y.numpy()
+        policy = choose_policy(val_pred, val_conf, y_val, backbone_s, head_s, self.budgets.min_accuracy,
+                               self.config.max_accuracy_drop, per_exit_s)
+        test_taken = apply_policy(test_pred, test_conf, policy.active, policy.thresholds)
+        n_exits = net.n_exits
+        test_rates = np.bincount(test_taken, minlength=n_exits) / len(y_test)
+        test_acc = float((test_pred[np.arange(len(y_test)), test_taken] == y_test).mean())
+
+        deployed = drop_exits(net, policy.active, policy.thresholds)
+        graph = cost.from_torch(deployed)
+        keep = [i for i in range(n_exits) if i == n_exits - 1 or policy.active[i]]
+        val_rates = [policy.exit_rates[i] for i in keep]
+        test_rates_kept = [float(test_rates[i]) for i in keep]
+        report = cost.analyze(graph, t)
+        macs_per_exit = [int(m) for m in cost.macs_per_exit(graph)]
+        lat_deployed = cost.predict_latency(graph, t)
+        latency_per_exit = [float(v) for v in lat_deployed.per_exit_s]
+        expected_latency = float(np.dot(val_rates, latency_per_exit))
+        record = {
+            "key": key,
+            "genome": [int(v) for v in self.space.canonical(genome)],
+            "arch": arch.to_dict(),
+            "description": arch.describe(),
+            "exits_in_genome": int(sum(arch.exits)),
+            "active_exits": [bool(a) for a in policy.active],
+            "n_exits": len(keep),
+            "thresholds": [float(v) for v in policy.thresholds],
+            "val_accuracy": float(policy.accuracy),
+            "val_accuracy_no_exit": float((val_pred[:, -1] == y_val).mean()),
+            "test_accuracy": test_acc,
+            "test_accuracy_no_exit": float((test_pred[:, -1] == y_test).mean()),
+            "val_exit_rates": val_rates,
+            "test_exit_rates": test_rates_kept,
+            "macs_per_exit": macs_per_exit,
+            "macs_worst": macs_per_exit[-1],
+            "macs_expected": float(np.dot(val_rates, macs_per_exit)),
+            "macs_expected_test": float(np.dot(test_rates_kept, macs_per_exit)),
+            "params": int(report.params),
+            "peak_sram_bytes": int(report.peak_sram_bytes),
+            "peak_sram_bytes_int8": int(report.peak_sram_bytes_int8),
+            "flash_bytes": int(report.flash_bytes),
+            "flash_bytes_int8": int(report.flash_bytes_int8),
+            "latency_per_exit_s": latency_per_exit,
+            "latency_worst_s": latency_per_exit[-1],
+            "latency_expected_s": expected_latency,
+            "latency_expected_test_s": float(np.dot(test_rates_kept, latency_per_exit)),
+        }
+        record["violations"] = budget_violations(record, self.budgets)
+        record["feasible"] = not record["violations"]
+        return record, deployed
+
+
+def budget_violations(record: dict, budgets) -> dict:
+    """Budget -> {value, limit, excess} (relative excess) for every budget the candidate misses."""
+    checks = [("latency", record["latency_expected_s"], budgets.latency_s),
+              ("sram", record["peak_sram_bytes"], budgets.sram_bytes),
+              ("flash", record["flash_bytes"], budgets.flash_bytes),
+              ("macs", record["macs_expected"], budgets.macs)]
+    out = {}
+    for name, value, limit in checks:
+        if limit is not None and value > limit:
+            out[name] = {"value": value, "limit": limit, "excess": value / limit - 1.0}
+    if budgets.min_accuracy is not None and record["val_accuracy"] < budgets.min_accuracy:
+        out["accuracy"] = {"value": record["val_accuracy"], "limit": budgets.min_accuracy,
+                           "excess": budgets.min_accuracy - record["val_accuracy"]}
+    return out
+
+
+def constraint_values(record: dict, budgets) -> list[float]:
+    """pymoo G (<= 0 is satisfied), each normalised by its budget so the constraint-violation sum is unit-free."""
+    g = []
+    for value, limit in ((record["latency_expected_s"], budgets.latency_s), (record["peak_sram_bytes"], budgets.sram_bytes),
+                         (record["flash_bytes"], budgets.flash_bytes), (record["macs_expected"], budgets.macs)):
+        g.append(0.0 if limit is None else value / limit - 1.0)
+    g.append(0.0 if budgets.min_accuracy is None else budgets.min_accuracy - record["val_accuracy"])
+    return g
+
+
+def objective_values(record: dict) -> list[float]:
+    return [1.0 - record["val_accuracy"], record["latency_expected_s"]]
+
+
+@torch.no_grad()
+def predict_exits(net, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Eager early-exit inference over a batch: (predicted class, exit index)."""
+    from edgenas.data import resize
+    logits, taken = net(resize(x, net.input_shape[-1]))
+    return logits.argmax(1).numpy(), taken.numpy()

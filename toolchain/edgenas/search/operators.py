@@ -1,0 +1,47 @@
+"""Genome operators for integer genomes with per-gene bounds (pymoo Sampling / Mutation / Repair).
+
+Every offspring is repaired into the space's canonical form (inactive genes zeroed), so pymoo's duplicate
+elimination sees two genomes of the same network as equal.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pymoo.core.mutation import Mutation
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
+
+
+class SpaceSampling(Sampling):
+    def __init__(self, space):
+        super().__init__()
+        self.space = space
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        return np.array([self.space.sample(random_state) for _ in range(n_samples)])
+
+
+class ResetMutation(Mutation):
+    """Each gene, with probability 1/n_var (at least one gene), is redrawn uniformly among its *other* values."""
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        X = np.array(X, dtype=int, copy=True)
+        xl, xu = problem.xl.astype(int), problem.xu.astype(int)
+        n, m = X.shape
+        for r in range(n):
+            mask = random_state.random(m) < 1.0 / m
+            if not mask.any():
+                mask[random_state.integers(m)] = True
+            for j in np.flatnonzero(mask & (xu > xl)):
+                choices = [v for v in range(xl[j], xu[j] + 1) if v != X[r, j]]
+                X[r, j] = choices[random_state.integers(len(choices))]
+        return X
+
+
+class CanonicalRepair(Repair):
+    def __init__(self, space):
+        super().__init__()
+        self.space = space
+
+    def _do(self, problem, X, **kwargs):
+        X = np.clip(np.rint(np.asarray(X, dtype=float)), problem.xl, problem.xu).astype(int)
+        return np.array([self.space.canonical(x) for x in X])

@@ -1,0 +1,1 @@
+"""Training: the weight-sharing supernet (sandwich rule), BN re-calibration, early-exit head training, thresholds."""

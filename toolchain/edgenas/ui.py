@@ -1,0 +1,35 @@
+"""Progress display: the library reports through a small UI object; the CLI passes a rich one, tests a quiet one."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+class QuietUI:
+    @contextmanager
+    def task(self, description: str, total: int | None):
+        yield lambda message="": None
+
+    def note(self, message: str) -> None:
+        pass
+
+
+class RichUI:
+    def __init__(self, console=None):
+        from rich.console import Console
+        self.console = console or Console(stderr=True)
+
+    @contextmanager
+    def task(self, description: str, total: int | None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[message]}"), console=self.console, transient=False) as progress:
+            tid = progress.add_task(description, total=total, message="")
+
+            def advance(message: str = "") -> None:
+                progress.update(tid, advance=1, message=message)
+                if total is not None and progress.tasks[0].completed > total:
+                    progress.update(tid, total=progress.tasks[0].completed)
+            yield advance
+
+    def note(self, message: str) -> None:
+        self.console.print(message)
