@@ -20,9 +20,9 @@ def search(target: str = "cortex-m7", dataset: str = "digits", method: str = "na
            resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
            pop_size=None, generations=None, supernet_epochs=None, epochs=None, ui=None, config=None):
     """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting."""
-    from edgenas.search.nachos import SearchConfig, run_search
-    if method != "nachos":
-        raise EdgenasError(f"search method '{method}' is not available in this version", "use --method nachos")
+    from edgenas.search.driver import SearchConfig, run_search
+    if method not in ("nachos", "flatnas"):
+        raise EdgenasError(f"search method '{method}' is not available in this version", "use --method nachos or flatnas")
     cfg = config or SearchConfig()
     changes = dict(target=target, dataset=dataset, method=method, seed=seed, latency=latency, sram=sram,
                    flash=flash, macs=macs, min_accuracy=min_accuracy)
@@ -66,7 +66,7 @@ def export(run_dir, candidate: int | None = None, out=None):
     from edgenas import cost
     from edgenas.data import load_dataset, resize
     from edgenas.export import export_model
-    from edgenas.search.nachos import load_candidate
+    from edgenas.search.driver import load_candidate
     net, record, config = load_candidate(run_dir, candidate)
     data = load_dataset(config["dataset"])
     res = net.input_shape[-1]

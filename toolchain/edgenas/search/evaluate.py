@@ -49,6 +49,7 @@ class CandidateEvaluator:
     def __init__(self, space, supernet, data, target, budgets, config: EvaluationConfig, seed: int):
         self.space, self.supernet, self.data, self.target = space, supernet, data, target
         self.budgets, self.config, self.seed = budgets, config, seed
+        self.params_cap: int | None = None
 
     def build(self, genome):
         arch = self.space.decode(genome)
@@ -59,8 +60,17 @@ class CandidateEvaluator:
         net.eval()
         return arch, key, seed, net
 
+    def finetune(self, net, seed: int) -> None:
+        """Hook before exit-head training: NACHOS keeps the inherited backbone as it is."""
+
+    def extra_metrics(self, deployed, record: dict, seed: int) -> dict:
+        """Hook for method-specific fields of the archive record."""
+        return {}
+
     def __call__(self, genome) -> tuple[dict, object]:
         arch, key, seed, net = self.build(genome)
+        self.finetune(net, seed)
+        net.eval()
         t = self.target
         full_graph = cost.from_torch(net)
         lat = cost.predict_latency(full_graph, t)
@@ -69,10 +79,9 @@ class CandidateEvaluator:
         per_exit_s = t.latency.per_exit_cycles / t.clock_hz
 
         feats = {name: exit_features(net, getattr(self.data, name).x) for name in ("train", "val", "test")}
-        budget_s = self.budgets.latency_s
         train_exit_heads(net, feats["train"], self.data.train.y,
                          path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
-                         budget_s, self.config.exits, seed)
+                         self.budgets.latency_s, self.config.exits, seed)
         val_pred, val_conf = exit_outputs(net, feats["val"])
         test_pred, test_conf = exit_outputs(net, feats["test"])
         y_val, y_test = self.data.val.y.numpy(), self.data.test.y.numpy()
@@ -90,9 +99,7 @@ class CandidateEvaluator:
         test_rates_kept = [float(test_rates[i]) for i in keep]
         report = cost.analyze(graph, t)
         macs_per_exit = [int(m) for m in cost.macs_per_exit(graph)]
-        lat_deployed = cost.predict_latency(graph, t)
-        latency_per_exit = [float(v) for v in lat_deployed.per_exit_s]
-        expected_latency = float(np.dot(val_rates, latency_per_exit))
+        latency_per_exit = [float(v) for v in cost.predict_latency(graph, t).per_exit_s]
         record = {
             "key": key,
             "genome": [int(v) for v in self.space.canonical(genome)],
@@ -119,21 +126,27 @@ class CandidateEvaluator:
             "flash_bytes_int8": int(report.flash_bytes_int8),
             "latency_per_exit_s": latency_per_exit,
             "latency_worst_s": latency_per_exit[-1],
-            "latency_expected_s": expected_latency,
+            "latency_expected_s": float(np.dot(val_rates, latency_per_exit)),
             "latency_expected_test_s": float(np.dot(test_rates_kept, latency_per_exit)),
         }
-        record["violations"] = budget_violations(record, self.budgets)
+        record.update(self.extra_metrics(deployed, record, seed))
+        record["violations"] = budget_violations(record, self.budgets, self.params_cap)
         record["feasible"] = not record["violations"]
         return record, deployed
 
 
-def budget_violations(record: dict, budgets) -> dict:
+def _budget_checks(record: dict, budgets, params_cap: int | None = None) -> list[tuple[str, float, float | None]]:
+    return [("latency", record["latency_expected_s"], budgets.latency_s),
+            ("sram", record["peak_sram_bytes"], budgets.sram_bytes),
+            ("flash", record["flash_bytes"], budgets.flash_bytes),
+            ("macs", record["macs_expected"], budgets.macs),
+            ("params", record["params"], params_cap)]
+
+
+def budget_violations(record: dict, budgets, params_cap: int | None = None) -> dict:
     """Budget -> {value, limit, excess} (relative excess) for every budget the candidate misses."""
-    checks = [("latency", record["latency_expected_s"], budgets.latency_s),
-              ("sram", record["peak_sram_bytes"], budgets.sram_bytes),
-              ("flash", record["flash_bytes"], budgets.flash_bytes),
-              ("macs", record["macs_expected"], budgets.macs)]
     out = {}
+    checks = _budget_checks(record, budgets, params_cap)
     for name, value, limit in checks:
         if limit is not None and value > limit:
             out[name] = {"value": value, "limit": limit, "excess": value / limit - 1.0}
@@ -143,12 +156,12 @@ def budget_violations(record: dict, budgets) -> dict:
     return out
 
 
-def constraint_values(record: dict, budgets) -> list[float]:
+N_CONSTRAINTS = 6
+
+
+def constraint_values(record: dict, budgets, params_cap: int | None = None) -> list[float]:
     """pymoo G (<= 0 is satisfied), each normalised by its budget so the constraint-violation sum is unit-free."""
-    g = []
-    for value, limit in ((record["latency_expected_s"], budgets.latency_s), (record["peak_sram_bytes"], budgets.sram_bytes),
-                         (record["flash_bytes"], budgets.flash_bytes), (record["macs_expected"], budgets.macs)):
-        g.append(0.0 if limit is None else value / limit - 1.0)
+    g = [0.0 if limit is None else value / limit - 1.0 for _, value, limit in _budget_checks(record, budgets, params_cap)]
     g.append(0.0 if budgets.min_accuracy is None else budgets.min_accuracy - record["val_accuracy"])
     return g
 

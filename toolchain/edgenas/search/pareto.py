@@ -1,9 +1,9 @@
 """Pareto set of the archive (the ground truth of real evaluations) and its hypervolume."""
 from __future__ import annotations
 
-import numpy as np
+from typing import Callable
 
-from edgenas.search.evaluate import objective_values
+import numpy as np
 
 
 def non_dominated(points: np.ndarray) -> np.ndarray:
@@ -17,31 +17,28 @@ def non_dominated(points: np.ndarray) -> np.ndarray:
     return np.array(keep, dtype=int)
 
 
-def pareto_members(records: list[dict]) -> list[dict]:
-    """Feasible, non-dominated records in (val error, expected latency), sorted by latency."""
+def pareto_members(records: list[dict], objectives: Callable[[dict], list[float]]) -> list[dict]:
+    """Feasible, non-dominated records under `objectives`, sorted by the second objective."""
     feasible = [r for r in records if r["feasible"]]
     if not feasible:
         return []
-    pts = np.array([objective_values(r) for r in feasible])
+    pts = np.array([objectives(r) for r in feasible])
     members = [feasible[i] for i in non_dominated(pts)]
-    return sorted(members, key=lambda r: r["latency_expected_s"])
+    return sorted(members, key=lambda r: objectives(r)[1])
 
 
-def hypervolume(records: list[dict], latency_ref_s: float, error_ref: float = 1.0) -> float:
-    """Hypervolume of the feasible front in (error, latency / latency_ref), reference point (error_ref, 1)."""
-    members = pareto_members(records)
-    if not members:
-        return 0.0
-    pts = np.array([[1.0 - r["val_accuracy"], r["latency_expected_s"] / latency_ref_s] for r in members])
-    pts = pts[(pts[:, 0] < error_ref) & (pts[:, 1] < 1.0)]
+def hypervolume_2d(points: np.ndarray, ref: tuple[float, float]) -> float:
+    """Area dominated by `points` (minimisation) inside the box bounded by `ref`."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    pts = pts[(pts[:, 0] < ref[0]) & (pts[:, 1] < ref[1])]
     if len(pts) == 0:
         return 0.0
-    pts = pts[np.argsort(pts[:, 1])]
-    hv, prev_err = 0.0, error_ref
-    for err, lat in pts:  # sweep by latency; each point adds the rectangle below the previous best error
-        if err < prev_err:
-            hv += (prev_err - err) * (1.0 - lat)
-            prev_err = err
+    pts = pts[np.argsort(pts[:, 1], kind="stable")]
+    hv, prev = 0.0, ref[0]
+    for f0, f1 in pts:  # sweep along objective 2; each point adds the strip below the best objective 1 so far
+        if f0 < prev:
+            hv += (prev - f0) * (ref[1] - f1)
+            prev = f0
     return float(hv)
 
 

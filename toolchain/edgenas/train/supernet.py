@@ -16,8 +16,8 @@ from edgenas.data import batches, resize
 
 @dataclass(frozen=True)
 class SupernetConfig:
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: int = 15
+    batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 3e-5

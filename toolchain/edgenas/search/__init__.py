@@ -1,0 +1,1 @@
+"""Search methods over a space, under a target's budgets: NACHOS (nachos.py) with pymoo NSGA-II."""

@@ -1,0 +1,310 @@
+"""The search driver shared by the NSGA-II methods (NACHOS, FlatNAS): run folder, supernet, ask/tell loop with an
+archive callback, Pareto set, checkpoints, reports. A method object supplies the evaluator and the objectives.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgenas.errors import EdgenasError
+from edgenas.search.evaluate import EvaluationConfig
+from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
+from edgenas.search.nachos import NachosMethod
+from edgenas.search.operators import CanonicalRepair, ResetMutation, SpaceSampling
+from edgenas.search.pareto import closest_misses, hypervolume_2d, pareto_members
+from edgenas.search.runfolder import CONFIG, PARETO, SUPERNET, RunFolder, atomic_torch_save, atomic_write_json, read_json
+from edgenas.train.exits import ExitTrainingConfig
+from edgenas.train.supernet import SupernetConfig
+
+RESULT_FIELDS_IGNORED_ON_COMPARE = ("id", "eval_seconds")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    target: str = "cortex-m7"
+    dataset: str = "digits"
+    method: str = "nachos"
+    space: str = "mbv3"
+    seed: int = 0
+    latency: str | None = None      # budget overrides, as strings ("50ms", "256KB", "1MB", "2.5M")
+    sram: str | None = None
+    flash: str | None = None
+    macs: str | None = None
+    min_accuracy: float | None = None
+    pop_size: int = 16
+    n_gen: int = 8
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    flatnas: FlatnasConfig = field(default_factory=FlatnasConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as config.json stores them
+
+    @staticmethod
+    def from_dict(d: dict) -> "SearchConfig":
+        d = dict(d)
+        d.pop("versions", None)
+        ev = dict(d.pop("evaluation"))
+        ev["exits"] = ExitTrainingConfig(**ev["exits"])
+        flat = dict(d.pop("flatnas"))
+        flat["ood_severities"] = tuple(flat["ood_severities"])
+        return SearchConfig(supernet=SupernetConfig(**d.pop("supernet")), evaluation=EvaluationConfig(**ev),
+                            flatnas=FlatnasConfig(**flat), **d)
+
+
+def method_for(cfg: SearchConfig):
+    if cfg.method == "nachos":
+        return NachosMethod()
+    if cfg.method == "flatnas":
+        return FlatnasMethod(cfg.flatnas)
+    raise EdgenasError(f"unknown NSGA-II search method '{cfg.method}'", "use nachos or flatnas")
+
+
+class NoFeasibleCandidate(EdgenasError):
+    exit_code = 3
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    records: list[dict]
+    pareto: list[dict]
+    hypervolume: float
+    wall_seconds: float
+    evaluations: int
+    new_evaluations: int
+
+
+def versions() -> dict:
+    import pymoo
+    import torch
+
+    import edgenas
+    return {"edgenas": edgenas.__version__, "torch": torch.__version__, "pymoo": pymoo.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _budgets(cfg: SearchConfig):
+    from edgenas.targets import load_target, target_with_budgets
+    target = load_target(cfg.target)
+    target = target_with_budgets(target, latency=cfg.latency, sram=cfg.sram, flash=cfg.flash, macs=cfg.macs,
+                                 min_accuracy=cfg.min_accuracy)
+    return target, target.budgets
+
+
+def check_budgets_reachable(space, target, budgets, in_channels: int, n_classes: int) -> None:
+    """Fail fast, before any training, when even the smallest network of the space cannot fit."""
+    from edgenas import cost
+    smallest = space.build_empty(space.smallest(exits=False), in_channels, n_classes)
+    graph = cost.from_torch(smallest)
+    report = cost.analyze(graph, target)
+    lat = cost.predict_latency(graph, target).per_exit_s[-1]
+    first_exit = space.build_empty(space.smallest(exits=True), in_channels, n_classes)
+    lat_floor = min(lat, cost.predict_latency(cost.from_torch(first_exit), target).per_exit_s[0])
+    misses = []
+    if budgets.sram_bytes is not None and report.peak_sram_bytes > budgets.sram_bytes:
+        misses.append(f"SRAM {report.peak_sram_bytes / 1024:.1f} KiB > budget {budgets.sram_bytes / 1024:.1f} KiB")
+    if budgets.flash_bytes is not None and report.flash_bytes > budgets.flash_bytes:
+        misses.append(f"flash {report.flash_bytes / 1024:.1f} KiB > budget {budgets.flash_bytes / 1024:.1f} KiB")
+    if budgets.latency_s is not None and lat_floor > budgets.latency_s:
+        misses.append(f"latency {lat_floor * 1e3:.2f} ms > budget {budgets.latency_s * 1e3:.2f} ms")
+    if misses:
+        raise EdgenasError(f"impossible budgets: even the smallest {space.name} network needs " + "; ".join(misses),
+                           "relax --sram/--flash/--latency or choose a bigger target")
+
+
+def _prepare_folder(folder: RunFolder, cfg: SearchConfig, resume: bool) -> None:
+    if folder.exists():
+        if not resume:
+            raise EdgenasError(f"run folder {folder.path} already holds a search",
+                               "pass --resume to continue it, or choose another --out")
+        saved = dict(folder.read_config())
+        saved.pop("versions", None)
+        if saved != cfg.to_dict():
+            diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
+            raise EdgenasError(f"--resume with settings that differ from the run in {folder.path}: {', '.join(diff)}",
+                               "resume with the original settings, or start a new run with another --out")
+    elif folder.path.exists() and any(folder.path.iterdir()):
+        raise EdgenasError(f"output folder {folder.path} exists and is not an edgenas run", "choose another --out")
+    else:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder.file(CONFIG), {**cfg.to_dict(), "versions": versions()})
+
+
+def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui):
+    import torch
+
+    from edgenas.train.supernet import train_supernet
+    supernet = space.supernet(data.in_channels, data.n_classes)
+    path = folder.file(SUPERNET)
+    if path.is_file():
+        supernet.load_state_dict(torch.load(path, weights_only=True))
+        supernet.eval()
+        ui.note(f"supernet loaded from {path}")
+        return supernet
+    with ui.task("training supernet", cfg.supernet.epochs) as advance:
+        train_supernet(space, supernet, data, cfg.supernet, cfg.seed, progress=lambda e, loss: advance(f"loss {loss:.3f}"))
+    atomic_torch_save(path, supernet.state_dict())
+    return supernet
+
+
+def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None) -> SearchResult:
+    """The library entry point behind `edgenas search`: writes the run folder and returns its Pareto set."""
+    import torch
+
+    from edgenas.data import load_dataset
+    from edgenas.report import write_pareto_plot, write_report
+    from edgenas.ui import QuietUI
+    from edgenas.spaces import create_space
+    ui = ui or QuietUI()
+    method = method_for(cfg)
+    t0 = time.time()
+    target, budgets = _budgets(cfg)
+    data = load_dataset(cfg.dataset)
+    space = create_space(cfg.space)
+    check_budgets_reachable(space, target, budgets, data.in_channels, data.n_classes)
+    folder = RunFolder(out)
+    _prepare_folder(folder, cfg, resume)
+    torch.manual_seed(cfg.seed)
+    supernet = load_or_train_supernet(folder, space, data, cfg, ui)
+    evaluator = method.make_evaluator(space, supernet, data, target, budgets, cfg)
+
+    records = folder.read_archive()
+    cache = {r["key"]: r for r in records}
+    new = 0
+    n_total = cfg.pop_size * cfg.n_gen
+
+    with ui.task("evaluating candidates", n_total) as advance:
+        def evaluate_genome(genome: np.ndarray, count: bool = True) -> dict:
+            nonlocal new
+            key = space.key(genome)
+            if key not in cache:
+                t_eval = time.time()
+                record, _ = evaluator(genome)
+                record["id"] = len(records)
+                record["eval_seconds"] = round(time.time() - t_eval, 3)
+                folder.append_record(record)
+                records.append(record)
+                cache[key] = record
+                new += 1
+            r = cache[key]
+            if not count:
+                return r
+            advance(f"#{r['id']} acc {r['val_accuracy']:.3f} {r['latency_expected_s'] * 1e3:.1f} ms"
+                    + ("" if r["feasible"] else " (over budget)"))
+            return r
+
+        run_nsga2(space, evaluate_genome, method, budgets, cfg.pop_size, cfg.n_gen, cfg.seed,
+                  archive=lambda: records)
+
+    method.refresh(records)
+    members = pareto_members(records, method.objectives)
+    ref = method.hypervolume_reference(records, budgets)
+    feasible = [r for r in records if r["feasible"]]
+    hv = hypervolume_2d(np.array([[f / q for f, q in zip(method.objectives(r), ref)] for r in feasible]).reshape(-1, 2),
+                        (1.0, 1.0))
+    _save_members(folder, space, evaluator, members, data)
+    atomic_write_json(folder.file(PARETO), {"members": [m["id"] for m in members], "hypervolume": hv,
+                                            "hypervolume_reference": list(ref), "objectives": list(method.objective_names),
+                                            "method": method.name})
+    write_pareto_plot(folder.file("pareto.png"), records, members, budgets, target.name)
+    write_report(folder.file("report.md"), cfg, target, budgets, records, members, hv)
+    result = SearchResult(folder.path, records, members, hv, time.time() - t0, len(records), new)
+    if not members:
+        miss = closest_misses(records)
+        detail = "; ".join(f"#{r['id']} misses " + ", ".join(f"{k} by {v['excess'] * 100:.1f}%" for k, v in r["violations"].items())
+                           for r in miss)
+        raise NoFeasibleCandidate(f"no candidate meets the budgets ({len(records)} evaluated); closest: {detail}",
+                                  "relax the budgets or raise --pop-size/--generations; the archive is kept in " + str(folder.path))
+    return result
+
+
+def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, n_gen: int, seed: int,
+              archive: Callable[[], list[dict]]) -> None:
+    """Ask/tell NSGA-II loop; the caller's evaluate_genome owns caching and archiving.
+
+    Before each survival step the method may re-normalise its objectives over the archive (FlatNAS's alpha_norm);
+    the survivors' F is then recomputed so old and new individuals are compared on one scale.
+    """
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.operators.crossover.pntx import TwoPointCrossover
+
+    from edgenas.search.problem import SearchProblem
+    problem = SearchProblem(space, evaluate_genome, method, budgets)
+    algorithm = NSGA2(pop_size=pop_size, sampling=SpaceSampling(space), crossover=TwoPointCrossover(prob=0.9),
+                      mutation=ResetMutation(), repair=CanonicalRepair(space), eliminate_duplicates=True)
+    algorithm.setup(problem, termination=("n_gen", n_gen), seed=seed, verbose=False)
+    while algorithm.has_next():
+        pop = algorithm.ask()
+        algorithm.evaluator.eval(problem, pop)
+        method.refresh(archive())
+        for group in (pop, algorithm.pop if algorithm.pop is not None else []):
+            for ind in group:
+                ind.F = np.array(method.objectives(evaluate_genome(ind.X, count=False)), dtype=float)
+        algorithm.tell(infills=pop)
+
+
+def _save_members(folder: RunFolder, space, evaluator, members: list[dict], data) -> None:
+    """Re-evaluate each Pareto member (deterministic) and save its deployable checkpoint."""
+    for m in members:
+        path = folder.checkpoint_path(m["id"])
+        if path.is_file():
+            continue
+        record, deployed = evaluator(np.array(m["genome"]))
+        for k in ("test_accuracy", "val_accuracy", "thresholds", "macs_per_exit"):
+            if record[k] != m[k]:
+                raise EdgenasError(f"candidate #{m['id']} did not re-evaluate to its archived {k} "
+                                   f"({record[k]} vs {m[k]})", "the evaluation is not deterministic on this machine")
+        atomic_torch_save(path, checkpoint_dict(space.name, m, deployed, data))
+
+
+def checkpoint_dict(space_name: str, record: dict, net, data) -> dict:
+    return {"format": "edgenas-candidate/1", "space": space_name, "id": int(record["id"]), "arch": record["arch"],
+            "active_exits": record["active_exits"], "thresholds": record["thresholds"],
+            "n_classes": int(data.n_classes), "in_channels": int(data.in_channels),
+            "state_dict": net.state_dict()}
+
+
+def load_candidate(run_dir, candidate: int | None = None):
+    """(EarlyExitNet in eval mode, archive record, run config) of a Pareto member; candidate None = the best one."""
+    import torch
+
+    from edgenas.spaces import create_space
+    from edgenas.spaces.mbv3 import ArchConfig, drop_exits
+    folder = RunFolder(run_dir)
+    if not Path(run_dir).is_dir():
+        raise EdgenasError(f"run folder not found: {run_dir}", "pass the --out folder of an `edgenas search` run")
+    config = folder.read_config()
+    pareto = read_json(folder.file(PARETO), "pareto.json")
+    records = {r["id"]: r for r in folder.read_archive()}
+    members = [records[i] for i in pareto["members"] if i in records]
+    if not members:
+        raise EdgenasError(f"{run_dir} has no Pareto members", "the search found no candidate within the budgets")
+    if candidate is None:
+        record = max(members, key=lambda r: (r["val_accuracy"], -r["latency_expected_s"]))
+    else:
+        if candidate not in records:
+            raise EdgenasError(f"candidate {candidate} is not in {run_dir}/archive.jsonl",
+                               f"choose one of the Pareto members: {', '.join(str(m['id']) for m in members)}")
+        record = records[candidate]
+    path = folder.checkpoint_path(record["id"])
+    if not path.is_file():
+        raise EdgenasError(f"candidate {record['id']} has no checkpoint in {path.parent}",
+                           f"checkpoints exist for the Pareto members: {', '.join(str(m['id']) for m in members)}")
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise EdgenasError(f"cannot read checkpoint {path} ({type(exc).__name__})", "the file is corrupt; re-run the search with --resume to rewrite it") from None
+    space = create_space(ckpt["space"])
+    arch = ArchConfig.from_dict(ckpt["arch"])
+    net = space.build_empty(arch, ckpt["in_channels"], ckpt["n_classes"])
+    net = drop_exits(net, ckpt["active_exits"], ckpt["thresholds"])
+    net.load_state_dict(ckpt["state_dict"])
+    net.eval()
+    return net, record, config
