@@ -41,7 +41,23 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
              "  accuracy is on the held-out test split, never used for selection.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in member_rows(members)]
+    lines += ood_table(members)
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def ood_table(members: list[dict]) -> list[str]:
+    """Per-corruption accuracy (mean over severities) of each member, when the method measured it (FlatNAS)."""
+    measured = [m for m in members if "ood_per_corruption" in m]
+    if not measured:
+        return []
+    names = sorted(measured[0]["ood_per_corruption"])
+    lines = ["", f"## Accuracy under corruption (% on {measured[0]['ood_samples']} test images, mean over severities)", "",
+             "| corruption | " + " | ".join(f"#{m['id']}" for m in measured) + " |", "|---|" + "---|" * len(measured)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{m['ood_per_corruption'][name] * 100:.1f}" for m in measured) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{m['ood_accuracy'] * 100:.1f}**" for m in measured) + " |")
+    lines.append("| flatness R (val) | " + " | ".join(f"{m['flatness'] * 100:.2f}" for m in measured) + " |")
+    return lines
 
 
 def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budgets, target_name: str) -> None:

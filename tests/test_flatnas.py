@@ -1,0 +1,51 @@
+"""FlatNAS end to end with tiny settings: flatness and OOD fields in the archive, the params cap on every member."""
+import json
+from dataclasses import replace
+
+import pytest
+
+from edgenas import api
+from edgenas.search.driver import SearchConfig
+from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
+from tests.test_search import TINY
+
+PARAMS_CAP = 40_000
+
+
+@pytest.fixture(scope="module")
+def flat_run(tmp_path_factory):
+    cfg = replace(TINY, method="flatnas",
+                  flatnas=FlatnasConfig(draws=3, finetune_epochs=1, ood_samples=30, ood_severities=(1, 5),
+                                        max_params=PARAMS_CAP))
+    out = tmp_path_factory.mktemp("flatnas") / "run"
+    return out, api.search(config=cfg, out=out, method="flatnas")
+
+
+@pytest.mark.e2e
+def test_flatnas_archive_has_flatness_and_corruption_accuracy(flat_run):
+    out, result = flat_run
+    records = [json.loads(line) for line in (out / "archive.jsonl").read_text().splitlines()]
+    for r in records:
+        assert r["flatness"] >= 0.0
+        assert 0.0 <= r["ood_accuracy"] <= 1.0
+        assert len(r["ood_per_corruption"]) == 15
+    assert json.loads((out / "pareto.json").read_text())["method"] == "flatnas"
+    assert "corruption" in (out / "report.md").read_text()
+
+
+@pytest.mark.e2e
+def test_flatnas_params_cap_holds_for_every_member(flat_run):
+    _, result = flat_run
+    assert result.pareto, "the tiny FlatNAS run found no member within the cap"
+    for m in result.pareto:
+        assert m["params"] <= PARAMS_CAP and m["feasible"]
+
+
+def test_alpha_norm_is_recomputed_over_the_archive():
+    method = FlatnasMethod(FlatnasConfig(alpha=0.5))
+    records = [{"val_accuracy": 0.9, "flatness": 0.02, "params": 10, "flash_bytes": 40},
+               {"val_accuracy": 0.7, "flatness": 0.06, "params": 20, "flash_bytes": 80}]
+    method.refresh(records)
+    assert method.alpha_norm == pytest.approx(0.2 / 0.04)
+    f1, f2 = method.objectives(records[0])
+    assert f1 == pytest.approx(0.5 * 0.1 + 0.5 * 5.0 * 0.02) and f2 == 10

@@ -1,0 +1,270 @@
+"""Cortex-M firmware: TVM kernels + static C driver, built with arm-none-eabi-gcc, run under qemu-system-arm.
+
+One tiny early-exit net (3 segments on 8x8 digits) is trained for a few seconds and exported per stage with
+`export_stages`; its thresholds are set from its own confidences on the test inputs so that every exit is taken.
+The firmware must take the same exit as onnxruntime on every input, with logits within 1e-4, and fit the target.
+"""
+import json
+import os
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from edgenas.compile import compile_mcu, plan_arena
+from edgenas.compile import firmware as fw_mod
+from edgenas.compile.lowering import lower_onnx, stage_program
+from edgenas.compile.mcu import load_model_source, reference_outputs
+from edgenas.errors import EdgenasError
+from edgenas.export.stages import export_stages
+from edgenas.nn.early_exit import EarlyExitNet
+from edgenas.profile import profile_qemu, profile_serial
+from edgenas.profile.qemu import qemu_command
+from edgenas.targets import load_target
+
+N_CLASSES = 10
+N_TEST = 24
+
+
+def cbr(c_in, c_out, stride):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+def head(c_in, n_out, pool=2):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(c_in * pool * pool, n_out))
+
+
+def digits():
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    order = np.random.default_rng(0).permutation(len(x))
+    return x[order], d.target[order].astype(np.int64)
+
+
+def train_net(x, y, steps=150):
+    torch.manual_seed(0)
+    net = EarlyExitNet([cbr(1, 8, 1), cbr(8, 16, 2), cbr(16, 16, 1)],
+                       [head(8, N_CLASSES + 1), head(16, N_CLASSES + 1), head(16, N_CLASSES, pool=1)],
+                       N_CLASSES, (1, 8, 8), [0.5, 0.5])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for step in range(steps):
+        idx = torch.randint(0, len(xt), (64,))
+        logits, conf = net.forward_all(xt[idx])
+        loss = sum(F.cross_entropy(lg, yt[idx]) for lg in logits)
+        correct = torch.stack([(lg.argmax(1) == yt[idx]).float() for lg in logits[:-1]], dim=1)
+        loss = loss + F.binary_cross_entropy(conf, correct)  # confidence learns "this exit is right"
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def thresholds_taking_every_exit(net, x):
+    """Thresholds between observed exit scores, so that some inputs leave at each exit and none sits on a border."""
+    with torch.no_grad():
+        _, conf = net.forward_all(torch.from_numpy(x))
+    c = conf.numpy().astype(np.float64)
+    score0 = c[:, 0]
+    s0 = np.sort(score0)
+    k = int(0.6 * len(s0))
+    thr0 = float((s0[k - 1] + s0[k]) / 2)
+    rest = score0 < thr0
+    score1 = 1 - (1 - c[rest, 0]) * (1 - c[rest, 1])
+    s1 = np.sort(score1)
+    k = len(s1) // 2
+    thr1 = float((s1[k - 1] + s1[k]) / 2)
+    return [thr0, thr1]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.set_num_threads(1)
+    x, y = digits()
+    net = train_net(x[:1200], y[:1200])
+    x_test = x[1200:1200 + N_TEST]
+    net.thresholds = thresholds_taking_every_exit(net, x_test)
+    out = tmp_path_factory.mktemp("export")
+    export_stages(net, out)
+    return out, x_test
+
+
+@pytest.fixture(scope="module")
+def target():
+    return load_target("cortex-m7")
+
+
+@pytest.fixture(scope="module")
+def firmware_llvm(model, target, tmp_path_factory):
+    export_dir, x_test = model
+    out = tmp_path_factory.mktemp("fw") / "llvm"
+    report = compile_mcu(export_dir, target, out, codegen="llvm", test_inputs=x_test)
+    return out, report
+
+
+def test_reference_takes_every_exit(model):
+    export_dir, x_test = model
+    _, exits = reference_outputs(load_model_source(export_dir, "float32"), x_test)
+    assert sorted(set(exits.tolist())) == [0, 1, 2]
+
+
+def test_arena_reuses_memory_and_never_overlaps_live_buffers(model):
+    export_dir, _ = model
+    src = load_model_source(export_dir, "float32")
+    import onnx
+    programs = [stage_program(lower_onnx(onnx.load(str(s.path)), s.input, s.input_shape), i, s.input)
+                for i, s in enumerate(src.stages)]
+    plan = plan_arena(programs)
+    spans = plan.lifetimes
+    assert plan.size < sum(s.size for s in spans)          # planned, not one buffer per tensor
+    assert plan.size >= plan.peak_live_bytes
+    for a in spans:
+        for b in spans:
+            if a.name < b.name and a.first <= b.last and b.first <= a.last:
+                oa, ob = plan.offsets[a.name], plan.offsets[b.name]
+                assert oa + a.size <= ob or ob + b.size <= oa, (a, b)
+    # the h that stage 1 consumes is stage 0's h_out, alive until stage 1's last read of it
+    h0 = programs[0].outputs[0]
+    assert plan.offsets["s1_in"] == plan.offsets[h0]
+    life = {s.name: s for s in spans}[h0]
+    assert life.last > len(programs[0].calls)
+
+
+@pytest.mark.toolchain
+def test_llvm_firmware_matches_onnxruntime_on_every_exit(firmware_llvm, target):
+    out, report = firmware_llvm
+    assert report.fits and report.sizes["flash_bytes"] <= target.flash_bytes
+    assert report.sizes["ram_bytes"] <= target.sram_bytes
+    assert (out / "firmware.elf").is_file() and (out / "firmware.map").is_file()
+    assert (out / "firmware-board.elf").is_file()
+    assert json.loads((out / "firmware.json").read_text())["fits"] is True
+    profile = profile_qemu(out, target)
+    assert profile["n_inputs"] == N_TEST
+    assert profile["exits_exercised"] == [0, 1, 2]
+    assert profile["check"]["exit_agreement"] == 1.0
+    assert profile["check"]["max_abs_diff"] <= 1e-4
+    assert profile["check"]["passed"]
+    assert profile["unit"] == "instructions"
+    means = [profile["exits"][str(e)]["instructions"]["mean"] for e in range(3)]
+    assert means[0] < means[1] < means[2]  # early exits run fewer stages
+    assert "estimated_latency_s" in profile["exits"]["0"]
+    assert profile["workspace_peak_bytes"] <= report.workspace_pool_bytes
+
+
+@pytest.mark.toolchain
+def test_c_codegen_firmware_matches_onnxruntime(model, target, tmp_path):
+    export_dir, x_test = model
+    report = compile_mcu(export_dir, target, tmp_path / "c", codegen="c", test_inputs=x_test[:6])
+    assert (tmp_path / "c" / "kernels.c").is_file() and report.codegen == "c"
+    profile = profile_qemu(tmp_path / "c", target)
+    assert profile["check"]["passed"] and profile["check"]["exit_agreement"] == 1.0
+
+
+@pytest.mark.toolchain
+def test_size_report_splits_flash_and_ram(firmware_llvm):
+    _, report = firmware_llvm
+    sizes = report.sizes
+    assert sizes["flash_parts"]["weights"] == report.weight_bytes
+    assert sizes["flash_parts"]["kernels"] > 0 and sizes["flash_parts"]["driver"] > 0
+    assert sizes["ram_parts"]["stack"] == load_target("cortex-m7").workspace_bytes
+    assert report.arena_bytes >= report.arena_peak_live_bytes
+    assert report.predicted["activation_sram_bytes"] > 0
+    assert report.macs_per_exit and len(report.macs_per_exit) == 3
+
+
+@pytest.mark.toolchain
+def test_plain_onnx_is_one_stage_without_exits(tmp_path, target):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=True, opset_version=18,
+                      input_names=["image"], output_names=["scores"])
+    report = compile_mcu(path, target, tmp_path / "fw", build_board=False)
+    assert report.n_stages == 1 and report.n_classes == 5
+    profile = profile_qemu(tmp_path / "fw", target)
+    assert profile["check"]["passed"] and profile["exits_exercised"] == [0]
+
+
+def _fake_which(missing):
+    real = shutil.which
+    return lambda name, *a, **k: None if name == missing else real(name, *a, **k)
+
+
+@pytest.mark.parametrize("tool,package", [("arm-none-eabi-gcc", "gcc-arm-none-eabi"),
+                                          ("qemu-system-arm", "qemu-system-arm")])
+def test_missing_tool_names_the_debian_package(monkeypatch, model, target, tmp_path, tool, package):
+    monkeypatch.setattr(shutil, "which", _fake_which(tool))
+    with pytest.raises(EdgenasError) as err:
+        if tool == "qemu-system-arm":
+            (tmp_path / "fw").mkdir()
+            (tmp_path / "fw" / "firmware.json").write_text(json.dumps(
+                {"target": target.name, "elf": "firmware.elf", "n_test_inputs": 1}))
+            profile_qemu(tmp_path / "fw", target)
+        else:
+            compile_mcu(model[0], target, tmp_path / "fw")
+    text = str(err.value)
+    assert tool in text and package in text and "\n" not in text
+    assert not (tmp_path / "fw" / "firmware.elf").exists()
+
+
+def test_missing_newlib_names_the_debian_package(monkeypatch):
+    def bare_name(cmd, **kwargs):  # what gcc prints for a library it cannot find
+        return subprocess.CompletedProcess(cmd, 0, stdout=cmd[-1].split("=")[1] + "\n", stderr="")
+    monkeypatch.setattr(fw_mod.subprocess, "run", bare_name)
+    with pytest.raises(EdgenasError, match="libnewlib-arm-none-eabi"):
+        fw_mod.require_newlib("arm-none-eabi-gcc", ["-mcpu=cortex-m7"])
+
+
+@pytest.mark.toolchain
+def test_model_too_big_names_budget_and_excess(model, tmp_path):
+    small = tmp_path / "tiny-m7.toml"
+    small.write_text('extends = "cortex-m7"\nname = "tiny-m7"\nflash_bytes = "16KB"\n\n[budgets]\nflash = "16KB"\n')
+    export_dir, x_test = model
+    with pytest.raises(EdgenasError) as err:
+        compile_mcu(export_dir, load_target(str(small)), tmp_path / "fw", test_inputs=x_test[:2])
+    text = str(err.value)
+    report = json.loads((tmp_path / "fw" / "firmware.json").read_text())  # the size report is kept
+    over = report["sizes"]["flash_bytes"] - 16 * 1024
+    assert "flash" in text and f"by {over} B" in text and "16384 B budget" in text
+    assert report["fits"] is False and report["excess"] == {"flash": over}
+    assert "RAM" not in text
+
+
+@pytest.mark.toolchain
+def test_serial_profile_replays_a_recorded_report_through_a_pty(firmware_llvm, target):
+    out, _ = firmware_llvm
+    recorded = subprocess.run(qemu_command(out / "firmware.elf", target.qemu_machine), capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL).stdout
+    master, slave = os.openpty()
+    board_text = ("boot\r\n" + recorded.replace("\n", "\r\n")).encode()
+
+    def board():
+        for k in range(0, len(board_text), 64):  # a UART delivers in small pieces
+            os.write(master, board_text[k:k + 64])
+
+    import serial
+    port = serial.Serial(os.ttyname(slave), 115200, timeout=0.2)  # open (and configure) before the board talks
+    writer = threading.Thread(target=board)
+    writer.start()
+    try:
+        profile = profile_serial(port, out, target, timeout_s=30)
+    finally:
+        writer.join()
+        port.close()
+        os.close(master)
+        os.close(slave)
+    assert profile["device"].startswith("serial:")
+    assert profile["check"]["passed"] and profile["exits_exercised"] == [0, 1, 2]
+    assert profile["exits"] == profile_qemu(out, target)["exits"]
+
+
+def test_serial_report_cut_short_is_an_error(tmp_path, target):
+    from edgenas.profile.mcu_report import parse_report
+    with pytest.raises(EdgenasError, match="incomplete firmware report"):
+        parse_report("EDGENAS-REPORT 1 counter=dwt_cycles inputs=2 stages=3 classes=10\nEDGENAS INPUT 0 rc=0")

@@ -1,0 +1,215 @@
+"""ONNX stage -> TVM Relax -> fused TIR kernels, and the straight-line program that calls them.
+
+One stage file is imported with TVM's Relax ONNX frontend and lowered to fused TIR PrimFuncs
+(LegalizeOps, FoldConstant, FuseOps, FuseTIR). What remains of the Relax `main` is a straight line of `call_tir`
+bindings; `stage_program` reads it into plain data (`StageProgram`): tensors, constants and kernel calls. The C
+driver (`cdriver.py`) turns that data into C; TVM only ever produces the kernels (`build_kernels`), as one LLVM
+object for the target's CPU or as C source. There is no TVM runtime, VM or graph executor on the device.
+
+Kernels use the tvm-ffi packed calling convention (`int32_t __tvm_ffi_<sym>(void*, TVMFFIAny*, int32_t, void*)`
+with DLTensor arguments): TVM 0.27 has no unpacked C API any more. Every stage's kernels get the prefix `s<i>_`
+and all stages are built into one module, so the per-module `__tvm_ffi__library_ctx` symbol exists once.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edgenas.errors import EdgenasError
+
+C_TYPES = {"float32": "float", "int64": "int64_t", "int32": "int32_t", "int8": "int8_t", "uint8": "uint8_t",
+           "bool": "uint8_t", "int16": "int16_t"}
+# DLDataType code/bits of every dtype a kernel argument may have (dlpack: 0 int, 1 uint, 2 float, 6 bool).
+DL_TYPES = {"float32": (2, 32), "int64": (0, 64), "int32": (0, 32), "int16": (0, 16), "int8": (0, 8),
+            "uint8": (1, 8), "bool": (6, 8)}
+STACK_ALLOCA_LIMIT = 1024  # TIR buffers below this many bytes are stack allocas; larger ones use the workspace
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor the driver knows: the stage input, a constant (flash), a kernel output (arena) or a view."""
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: str              # "input", "const", "buffer" or "view"
+    base: str | None = None  # for "view": the tensor whose bytes it reinterprets
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype if self.dtype != "bool" else "uint8").itemsize
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    kernel: str                  # symbol without the `__tvm_ffi_` prefix
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StageProgram:
+    """Stage i as plain data: run `calls` in order; `outputs` are (h_out, logits, conf) or (logits,)."""
+    index: int
+    prefix: str
+    input: str
+    outputs: tuple[str, ...]
+    tensors: Mapping[str, TensorSpec]
+    calls: tuple[KernelCall, ...]
+    constants: Mapping[str, np.ndarray] = field(repr=False)
+    kernels: tuple[str, ...]
+    workspace_bytes: int         # largest TIR-internal scratch one kernel of this stage asks the workspace for
+
+
+def lower_onnx(model, input_name: str, input_shape: Sequence[int]):
+    """Relax IRModule of a stage with fused TIR kernels (constants folded into the kernels' arguments)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(model, shape_dict={input_name: list(input_shape)})
+    except Exception as exc:  # the frontend raises tvm errors, KeyError and friends for unsupported ops
+        raise EdgenasError(f"TVM's ONNX frontend cannot import {model.graph.name or 'the model'}: "
+                           f"{' '.join(str(exc).split())[:200]}",
+                           "use operators TVM 0.27's Relax ONNX frontend supports (export with opset 18)") from None
+    passes = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+        relax.transform.RewriteDataflowReshape(),  # reshape kernels become views: no copy, no extra buffer
+    ])
+    with tvm.transform.PassContext(opt_level=3):
+        return passes(mod)
+
+
+def _shape(ty) -> tuple[int, ...]:
+    return tuple(int(s) for s in ty.shape)
+
+
+_ALLOC = re.compile(r'T\.sblock_alloc_buffer\(\(([^()]*(?:\([^()]*\)[^()]*)*)\)(?:,\s*"(\w+)")?')
+_DIM = re.compile(r"(?:T\.int(?:32|64)\()?(\d+)\)?")
+
+
+def _tir_scratch_bytes(func) -> int:
+    """Bytes of a PrimFunc's internal buffers (TIR `alloc_buffer`s), read from its TVMScript.
+
+    An upper bound of what the kernel takes from the workspace: buffers of at least STACK_ALLOCA_LIMIT bytes
+    become TVMBackendAllocWorkspace calls, smaller ones are stack allocas (counted here all the same).
+    """
+    total = 0
+    for dims, dtype in _ALLOC.findall(func.script()):
+        n = int(np.prod([int(d) for d in _DIM.findall(dims)], dtype=np.int64))
+        total += n * np.dtype(dtype or "float32").itemsize
+    return total
+
+
+def stage_program(mod, index: int, input_name: str) -> StageProgram:
+    """Read the lowered Relax `main` into a StageProgram (names prefixed `s<index>_`)."""
+    import tvm
+    from tvm import relax
+
+    prefix = f"s{index}_"
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    reshape = tvm.ir.Op.get("relax.reshape")
+    main = mod["main"]
+    if len(main.params) != 1:
+        raise EdgenasError(f"stage {index} has {len(main.params)} inputs", "a stage takes exactly one input tensor")
+    tensors: dict[str, TensorSpec] = {}
+    constants: dict[str, np.ndarray] = {}
+    calls: list[KernelCall] = []
+    names: dict[Any, Any] = {}  # relax var / constant -> tensor name, or a list of names for a tuple
+    const_ids: dict[Any, str] = {}
+
+    def add(spec: TensorSpec) -> str:
+        tensors[spec.name] = spec
+        return spec.name
+
+    def name_of(expr):
+        if isinstance(expr, tvm.ir.expr.Constant):
+            if expr not in const_ids:
+                data = expr.value.numpy()
+                name = f"{prefix}c{len(constants)}"
+                constants[name] = np.ascontiguousarray(data)
+                const_ids[expr] = add(TensorSpec(name, tuple(data.shape), str(data.dtype), "const"))
+            return const_ids[expr]
+        if isinstance(expr, relax.Tuple):
+            return [name_of(f) for f in expr.fields]
+        if expr in names:
+            return names[expr]
+        raise EdgenasError(f"stage {index}: unexpected Relax value {type(expr).__name__} after lowering",
+                           "report this model; the MCU driver handles call_tir, tuples, views and constants")
+
+    x = main.params[0]
+    names[x] = add(TensorSpec(f"{prefix}in", _shape(x.ty), str(x.ty.dtype), "input"))
+    n_buf = 0
+    for block in main.body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and v.op.same_as(call_tir):
+                if len(v.args) > 2:
+                    raise EdgenasError(f"stage {index}: kernel {v.args[0].name_hint} needs symbolic shape arguments",
+                                       "export stages with static shapes (batch 1)")
+                ins = tuple(name_of(a) for a in v.args[1].fields)
+                out_tys = list(v.ty.fields) if isinstance(v.ty, relax.TupleType) else [v.ty]
+                outs = []
+                for ty in out_tys:
+                    outs.append(add(TensorSpec(f"{prefix}b{n_buf}", _shape(ty), str(ty.dtype), "buffer")))
+                    n_buf += 1
+                calls.append(KernelCall(prefix + v.args[0].name_hint, ins, tuple(outs)))
+                names[b.var] = outs if isinstance(v.ty, relax.TupleType) else outs[0]
+            elif isinstance(v, relax.Call) and v.op.same_as(reshape):
+                src = name_of(v.args[0])
+                root = tensors[src].base or src
+                names[b.var] = add(TensorSpec(f"{prefix}v{n_buf}", _shape(v.ty), str(v.ty.dtype), "view", root))
+                n_buf += 1
+            elif isinstance(v, relax.TupleGetItem):
+                names[b.var] = name_of(v.tuple_value)[v.index]
+            elif isinstance(v, (relax.Tuple, relax.Var, tvm.ir.expr.Constant)):
+                names[b.var] = name_of(v)
+            else:
+                raise EdgenasError(f"stage {index}: Relax binding {type(v).__name__} "
+                                   f"{str(getattr(v, 'op', ''))} is not a kernel call after lowering",
+                                   "use operators that TVM lowers to TIR kernels")
+    result = name_of(main.body.body)
+    outputs = tuple(result) if isinstance(result, list) else (result,)
+    prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    used = {c.kernel[len(prefix):] for c in calls}
+    return StageProgram(index=index, prefix=prefix, input=names[x], outputs=outputs, tensors=tensors,
+                        calls=tuple(calls), constants=constants, kernels=tuple(sorted(prefix + k for k in used)),
+                        workspace_bytes=max([_tir_scratch_bytes(prims[k]) for k in used] or [0]))
+
+
+def kernel_module(mods: Sequence[Any], programs: Sequence[StageProgram]):
+    """One TIR IRModule holding every stage's kernels under their prefixed symbols."""
+    import tvm
+
+    funcs = {}
+    for mod, prog in zip(mods, programs):
+        for gv, f in mod.functions.items():
+            sym = prog.prefix + gv.name_hint
+            if isinstance(f, tvm.tirx.PrimFunc) and sym in prog.kernels:
+                funcs[sym] = f.with_attr("global_symbol", sym)
+    return tvm.IRModule(funcs)
+
+
+def build_kernels(tir_mod, codegen: str, tvm_target: Mapping[str, Any], out_dir: Path) -> Path:
+    """Compile the kernels: `llvm` -> kernels.o for the target CPU, `c` -> kernels.c. Returns the file."""
+    import tvm
+
+    out_dir = Path(out_dir)
+    if codegen == "llvm":
+        target = tvm.target.Target(dict(tvm_target))
+        path = out_dir / "kernels.o"
+        tvm.compile(tir_mod, target=target).mod.write_to_file(str(path))
+        return path
+    if codegen == "c":
+        src = tvm.compile(tir_mod, target=tvm.target.Target({"kind": "c"})).mod.inspect_source()
+        # one module per firmware, but keep the context symbol private so the file links beside anything
+        src = src.replace("void* __tvm_ffi__library_ctx = NULL;", "static void* __tvm_ffi__library_ctx = NULL;")
+        path = out_dir / "kernels.c"
+        path.write_text(src)
+        return path
+    raise EdgenasError(f"unknown codegen '{codegen}'", "use codegen='llvm' (target CPU object) or 'c' (C source)")

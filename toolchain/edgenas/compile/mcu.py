@@ -1,0 +1,358 @@
+"""`compile_mcu`: exported early-exit stages -> a self-contained Cortex-M firmware project, built and sized.
+
+    report = compile_mcu("export/", load_target("cortex-m7"), "fw/", codegen="llvm", test_inputs=x)
+
+Pipeline: each stage file (exits.json `stages`, or one plain ONNX model = one stage without exits) is lowered by
+TVM to fused TIR kernels (`lowering.py`); all kernels are built into one LLVM object for the target CPU
+(`codegen="llvm"`, the target's `tvm_target` dict) or into C source (`codegen="c"`, compiled by arm-none-eabi-gcc
+-O2). A generated static C driver (`cdriver.py`) holds the weights as `const` arrays (flash), one activation arena
+whose offsets come from buffer lifetimes over the whole stage chain (`memplan.py`), and `edgenas_run` with the exit
+rule in C. The project (`firmware.py`) is built for QEMU (`firmware.elf`, semihosting, APB timer) and for a real
+board (`firmware-board.elf`, DWT cycle counter, UART), and sized from the linker output. `firmware.json` records
+the report; `reference.json` the test inputs' onnxruntime logits and exits that `edgenas.profile` checks against.
+
+int8 (`dtype="int8"`, the QDQ stage files of `stages_int8/`): TVM 0.27's Relax ONNX frontend imports
+QuantizeLinear/DequantizeLinear as `R.quantize`/`R.dequantize`, and LegalizeOps lowers them to float TIR. FoldConstant
+then dequantizes the int8 weights at compile time, so the firmware stores float32 weights and computes in float32
+on fake-quantised activations: it runs and reproduces the QDQ model's numbers, but it is not int8 inference (no
+int8 weights in flash, no integer MACs). Real int8 needs QDQ pattern fusion into integer kernels
+(quantized conv2d/dense with int32 accumulation and requantisation) before legalisation, which TVM 0.27's Relax
+pipeline does not provide; the size report of an int8 build shows this plainly (weights at 4 bytes each).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgenas.errors import EdgenasError
+
+CODEGENS = ("llvm", "c")
+DTYPES = ("float32", "int8")
+DEFAULT_TEST_INPUTS = 4
+REFERENCE_FILE = "reference.json"
+REPORT_FILE = "firmware.json"
+
+
+@dataclass(frozen=True)
+class StageSource:
+    """One stage to compile: its ONNX file, input name and shape, and its role in the chain."""
+    path: Path
+    input: str
+    input_shape: tuple[int, ...]
+    final: bool
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    stages: tuple[StageSource, ...]
+    thresholds: tuple[float, ...]
+    n_classes: int
+    input_shape: tuple[int, ...]
+    macs_per_exit: tuple[int, ...] | None
+    fp32_stage_paths: tuple[Path, ...]   # for the cost-model prediction (the int8 files carry QDQ nodes)
+
+
+@dataclass(frozen=True)
+class FirmwareReport:
+    project_dir: str
+    target: str
+    codegen: str
+    dtype: str
+    n_stages: int
+    n_classes: int
+    thresholds: tuple[float, ...]
+    elf: str
+    board_elf: str | None
+    sizes: dict
+    arena_bytes: int
+    arena_peak_live_bytes: int
+    workspace_pool_bytes: int
+    weight_bytes: int
+    macs_per_exit: tuple[int, ...] | None
+    predicted: dict | None              # cost-model figures (edgenas.cost.analyze) for the same target and dtype
+    n_test_inputs: int
+    fits: bool
+    excess: dict
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _onnx_input(model) -> tuple[str, tuple[int, ...]]:
+    inits = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = []
+        for k, d in enumerate(inp.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            elif k == 0:
+                dims.append(1)  # symbolic batch: compile for batch 1
+            else:
+                raise EdgenasError(f"input {inp.name} has a symbolic dimension {k} ({d.dim_param})",
+                                   "export the model with static shapes")
+        return inp.name, tuple(dims)
+    raise EdgenasError("the ONNX model has no input", "pass a model with one image input")
+
+
+def load_model_source(path: Path, dtype: str) -> ModelSource:
+    """An export folder (exits.json + stage files) or a plain ONNX file (one stage, no exits)."""
+    import onnx
+
+    from edgenas.export.exits_json import EXITS_FILE, read_exits_json
+
+    path = Path(path)
+    if path.is_file() and (path.parent / EXITS_FILE).is_file() and path.suffix == ".onnx":
+        path = path.parent  # model.onnx of an export folder: compile its stages
+    if path.is_dir():
+        doc = read_exits_json(path)
+        key = "int8_file" if dtype == "int8" else "file"
+        stages, fp32 = [], []
+        for i, st in enumerate(doc["stages"]):
+            if not st.get(key):
+                raise EdgenasError(f"{path / EXITS_FILE} lists no int8 file for stage {i}",
+                                   "export with int8 (`edgenas export` writes stages_int8/) or compile fp32")
+            file = path / st[key]
+            if not file.is_file():
+                raise EdgenasError(f"stage file {file} not found", "re-run `edgenas export`")
+            stages.append(StageSource(file, st["input"], tuple(st["input_shape"]), i == doc["n_exits"] - 1))
+            fp32.append(path / st["file"])
+        macs = [e.get("macs") for e in doc["exits"]]
+        return ModelSource(tuple(stages), tuple(float(t) for t in doc["thresholds"]), int(doc["n_classes"]),
+                           tuple(doc["input_shape"]), tuple(macs) if all(m is not None for m in macs) else None,
+                           tuple(fp32))
+    if not path.is_file() or path.suffix != ".onnx":
+        raise EdgenasError(f"{path} is neither an export folder (with exits.json) nor an .onnx file",
+                           "pass the folder written by `edgenas export` or an ONNX model")
+    if dtype == "int8":
+        raise EdgenasError("dtype int8 needs an export folder with stages_int8/",
+                           "pass the export folder, or compile this model with dtype float32")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors
+        raise EdgenasError(f"cannot read {path} as ONNX: {' '.join(str(exc).split())[:160]}",
+                           "pass a model written by onnx.save or torch.onnx.export") from None
+    name, shape = _onnx_input(model)
+    out = model.graph.output[0].type.tensor_type.shape.dim
+    n_classes = int(np.prod([d.dim_value for d in out if d.dim_value > 0])) if out else 1
+    return ModelSource((StageSource(path, name, shape, True),), (), n_classes, shape, None, (path,))
+
+
+def _test_inputs(x: np.ndarray | None, input_shape: Sequence[int]) -> np.ndarray:
+    sample = tuple(input_shape[1:])
+    if x is None:
+        return np.random.default_rng(0).standard_normal((DEFAULT_TEST_INPUTS, *sample)).astype(np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == len(input_shape) + 1 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != len(input_shape) or tuple(x.shape[1:]) != sample or x.shape[0] < 1:
+        raise EdgenasError(f"test inputs of shape {list(x.shape)} do not fit the model input {list(input_shape)}",
+                           f"pass an array of shape (N, {', '.join(map(str, sample))}) with N >= 1")
+    return np.ascontiguousarray(x)
+
+
+def reference_outputs(src: ModelSource, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime on the stage chain with the exit rule in float32, exactly as the C driver applies it."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sessions = [ort.InferenceSession(str(s.path), so, providers=["CPUExecutionProvider"]) for s in src.stages]
+    logits_out, exits = [], []
+    for k in range(x.shape[0]):
+        h = x[k:k + 1]
+        survival = np.float32(1.0)
+        for i, (stage, sess) in enumerate(zip(src.stages, sessions)):
+            outs = sess.run(None, {stage.input: h.reshape(stage.input_shape).astype(np.float32)})
+            if stage.final:
+                logits_out.append(outs[0].reshape(-1))
+                exits.append(i)
+                break
+            h, logits, conf = outs[0], outs[1], outs[2]
+            survival = np.float32(survival * (np.float32(1.0) - np.float32(conf.reshape(-1)[0])))
+            if np.float32(1.0) - survival >= np.float32(src.thresholds[i]):
+                logits_out.append(logits.reshape(-1))
+                exits.append(i)
+                break
+    return np.stack(logits_out).astype(np.float32), np.asarray(exits, dtype=np.int64)
+
+
+def predicted_costs(src: ModelSource, target, dtype: str) -> dict:
+    """What the cost model predicts for this network on this target (the figures `edgenas analyze` prints).
+
+    The cost model reads the nested-If graph composed from the fp32 stages. Where its ONNX front end rejects that
+    graph, each stage is analysed as its own one-exit graph and the figures are combined: MACs accumulate along
+    the chain, weights add up, and peak activations are the largest stage's (stages run one after another, and a
+    stage's graph input is the h carried over from the previous stage).
+    """
+    import onnx
+
+    from edgenas.cost import analyze, from_onnx
+
+    models = [onnx.load(str(p)) for p in src.fp32_stage_paths]
+    if len(models) == 1:
+        return dict(analyze(from_onnx(models[0]), target, dtype).to_dict(), method="single graph")
+    from edgenas.export.compose import compose_if_graph
+    try:
+        return dict(analyze(from_onnx(compose_if_graph(models, src.thresholds)), target, dtype).to_dict(),
+                    method="nested-If graph")
+    except EdgenasError as exc:
+        reason = exc.line()
+    parts = [analyze(from_onnx(m), target, dtype) for m in models]
+    macs = np.cumsum([p.macs_worst for p in parts]).tolist()
+    width = 1 if dtype == "int8" else 4
+    params = sum(p.params for p in parts)
+    act = max(p.activation_sram_bytes for p in parts)
+    return {"target": target.name, "dtype": dtype, "n_exits": len(parts), "macs_per_exit": [int(m) for m in macs],
+            "params": int(params), "activation_sram_bytes": int(act),
+            "peak_sram_bytes": int(act + target.workspace_bytes),
+            "flash_bytes": int(params * width + target.code_size_bytes),
+            "method": "per stage", "note": f"nested-If graph not analysable: {reason}"}
+
+
+# ------------------------------------------------------------------------------------------------ compile
+def _check_target(target) -> None:
+    if target.kind != "mcu":
+        raise EdgenasError(f"target {target.name} is a {target.kind} target, not an MCU",
+                           "compile MCU firmware for an MCU target (e.g. cortex-m7), or use the host/Cortex-A compiler")
+
+
+def _fresh_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / REPORT_FILE).exists())):
+        raise EdgenasError(f"{out_dir} exists and is not an edgenas firmware folder",
+                           "choose a new output folder (an earlier firmware folder is replaced)")
+
+
+def compile_mcu(export_dir_or_onnx, target, out_dir, codegen: str = "llvm", dtype: str = "float32",
+                test_inputs: np.ndarray | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
+                build_board: bool = True) -> FirmwareReport:
+    """Build a firmware project in `out_dir` (replacing an earlier one atomically) and return its report.
+
+    Raises EdgenasError when the firmware exceeds the target's flash or RAM budget, after writing the project
+    and its `firmware.json` size report.
+    """
+    from edgenas.compile import cdriver, firmware, lowering, memplan
+
+    if codegen not in CODEGENS:
+        raise EdgenasError(f"unknown codegen '{codegen}'", f"use one of {', '.join(CODEGENS)}")
+    if dtype not in DTYPES:
+        raise EdgenasError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    _check_target(target)
+    out_dir = Path(out_dir)
+    _fresh_out_dir(out_dir)
+    gcc = firmware.require_tool(firmware.GCC)
+    firmware.require_newlib(gcc, firmware.cpu_flags(target))
+    firmware.require_tool(firmware.SIZE)
+
+    src = load_model_source(Path(export_dir_or_onnx), dtype)
+    x = _test_inputs(test_inputs, src.input_shape)
+    if reference is None:
+        ref_logits, ref_exits = reference_outputs(src, x)
+    else:
+        ref_logits = np.asarray(reference[0], np.float32).reshape(x.shape[0], -1)
+        ref_exits = np.asarray(reference[1], np.int64).reshape(-1)
+        if ref_logits.shape != (x.shape[0], src.n_classes) or ref_exits.shape != (x.shape[0],):
+            raise EdgenasError(f"reference of shapes {list(ref_logits.shape)}/{list(ref_exits.shape)} does not "
+                               f"match {x.shape[0]} inputs and {src.n_classes} classes",
+                               "pass (logits (N, n_classes), exits (N,)) for the test inputs")
+
+    import onnx
+    mods, programs = [], []
+    for i, stage in enumerate(src.stages):
+        mod = lowering.lower_onnx(onnx.load(str(stage.path)), stage.input, stage.input_shape)
+        mods.append(mod)
+        programs.append(lowering.stage_program(mod, i, stage.input))
+    plan = memplan.plan_arena(programs)
+    pool = max(p.workspace_bytes for p in programs)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        lowering.build_kernels(lowering.kernel_module(mods, programs), codegen, target.tvm_target, tmp)
+        weights_c, weights_h = cdriver.weights_files(programs)
+        generated = {
+            "weights.c": weights_c, "weights.h": weights_h,
+            "model.c": cdriver.model_c(programs, plan, src.thresholds, src.n_classes),
+            "edgenas.h": cdriver.edgenas_h(src.n_classes, len(programs), src.input_shape),
+            "edgenas_config.h": cdriver.config_h(plan.size, pool, x.shape[0]),
+            "test_io.c": cdriver.test_io_c(x, ref_logits, ref_exits),
+            "firmware.ld": firmware.linker_script(target, "qemu", target.workspace_bytes),
+            "firmware-board.ld": firmware.linker_script(target, "board", target.workspace_bytes),
+            "Makefile": firmware.makefile(target, codegen),
+        }
+        for name, text in generated.items():
+            (tmp / name).write_text(text)
+        firmware.copy_fixed_files(tmp)
+        elf = firmware.build_firmware(tmp, target, codegen, "qemu")
+        sizes = firmware.size_report(elf, tmp / "firmware.map", target, plan.size, pool, target.workspace_bytes)
+        excess = sizes.excess()
+        board_elf = None
+        if build_board and not excess:
+            board_elf = firmware.build_firmware(tmp, target, codegen, "board").name
+        try:
+            predicted = predicted_costs(src, target, dtype)
+        except EdgenasError as exc:
+            predicted = {"error": exc.line()}
+        report = FirmwareReport(
+            project_dir=str(out_dir), target=target.name, codegen=codegen, dtype=dtype, n_stages=len(programs),
+            n_classes=src.n_classes, thresholds=src.thresholds, elf=elf.name, board_elf=board_elf,
+            sizes=sizes.to_dict(), arena_bytes=plan.size, arena_peak_live_bytes=plan.peak_live_bytes,
+            workspace_pool_bytes=pool, weight_bytes=int(sum(cdriver.tensor_summary(programs).values())),
+            macs_per_exit=src.macs_per_exit or _macs_from_prediction(predicted), predicted=predicted,
+            n_test_inputs=int(x.shape[0]), fits=not excess, excess=excess)
+        (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (tmp / REFERENCE_FILE).write_text(json.dumps(
+            {"inputs": x.reshape(x.shape[0], -1).tolist(), "logits": ref_logits.tolist(),
+             "exits": ref_exits.tolist(), "source": "onnxruntime, stage chain, exit rule in float32"}) + "\n")
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if excess:
+        raise EdgenasError(_too_big_message(target, sizes), "shrink the model (fewer channels or exits) or pick a "
+                                                            f"larger target; the size report is in {out_dir / REPORT_FILE}")
+    return report
+
+
+def _macs_from_prediction(predicted: dict | None) -> tuple[int, ...] | None:
+    if predicted and "macs_per_exit" in predicted:
+        return tuple(int(m) for m in predicted["macs_per_exit"])
+    return None
+
+
+def _too_big_message(target, sizes) -> str:
+    parts = []
+    for name, over in sizes.excess().items():
+        value, budget = (sizes.flash_bytes, sizes.flash_budget) if name == "flash" else (sizes.ram_bytes, sizes.ram_budget)
+        parts.append(f"{name} {value} B exceeds the {budget} B budget by {over} B")
+    return f"firmware does not fit target {target.name}: " + "; ".join(parts)
+
+
+def load_firmware_report(project_dir: Path) -> dict:
+    path = Path(project_dir) / REPORT_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgenasError(f"{path} not found", "build the firmware with `edgenas compile` first") from None
+    except json.JSONDecodeError as exc:
+        raise EdgenasError(f"{path} is not valid JSON ({exc.msg})", "re-run `edgenas compile`") from None
+
+
+def load_reference(project_dir: Path) -> dict[str, Any]:
+    path = Path(project_dir) / REFERENCE_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgenasError(f"{path} not found", "build the firmware with `edgenas compile` first") from None

@@ -1,0 +1,18 @@
+"""Profile: run compiled artefacts and measure them. `qemu` (Cortex-M firmware, instruction counts), `serial`
+(a real board's report over UART, cycles), `mcu_report` (the harness report both read). Lazy names: importing
+`edgenas.profile` starts nothing.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"profile_qemu": "qemu", "qemu_command": "qemu", "profile_serial": "serial", "read_report": "serial",
+         "parse_report": "mcu_report", "summarize": "mcu_report", "HarnessReport": "mcu_report"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'edgenas.profile' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"edgenas.profile.{_LAZY[name]}"), name)
