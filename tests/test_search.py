@@ -78,7 +78,7 @@ def test_pareto_member_checkpoint_reproduces_its_test_accuracy(tiny_run):
 def test_search_killed_then_resumed_gives_the_uninterrupted_archive(tiny_run, tmp_path):
     out_a, _ = tiny_run
     out_b = tmp_path / "killed"
-    script = ("import sys; from edgenas import api; from tests.test_search import TINY; "
+    script = ("import sys, torch; torch.set_num_threads(1); from edgenas import api; from tests.test_search import TINY; "
               f"api.search(config=TINY, out=sys.argv[1], seed=0, resume=True)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", script, str(out_b)], env=env,

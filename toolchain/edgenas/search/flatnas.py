@@ -74,7 +74,7 @@ class FlatnasEvaluator(CandidateEvaluator):
                 # BN statistics are updated in the first pass only (the reference's disable_running_stats)
                 bn_momenta = _freeze_bn_stats(net)
                 F.cross_entropy(final_logits(x), y).backward()
-                _restore_bn_stats(net, bn_momenta)
+                _restore_bn_stats(bn_momenta)
                 opt.second_step()
         net.eval()
 

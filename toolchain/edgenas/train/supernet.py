@@ -54,7 +54,7 @@ def train_supernet(space, supernet, data, config: SupernetConfig, seed: int, pro
             torch.nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)
             opt.step()
             sched.step()
-            total += float(loss) * len(y)
+            total += loss.item() * len(y)
             n += len(y)
         history.append(total / max(n, 1))
         if progress is not None:
