@@ -172,23 +172,62 @@ def test_size_report_splits_flash_and_ram(firmware_llvm):
     sizes = report.sizes
     assert sizes["flash_parts"]["weights"] == report.weight_bytes
     assert sizes["flash_parts"]["kernels"] > 0 and sizes["flash_parts"]["driver"] > 0
-    assert sizes["ram_parts"]["stack"] == load_target("cortex-m7").workspace_bytes
+    assert sizes["ram_parts"]["stack"] == fw_mod.STACK_BYTES
     assert report.arena_bytes >= report.arena_peak_live_bytes
     assert report.predicted["activation_sram_bytes"] > 0
     assert report.macs_per_exit and len(report.macs_per_exit) == 3
 
 
+FOOTPRINT_TOLERANCE = 0.05  # cost-model flash and RAM vs the linker map (benchmarks/mcu_footprint.py: mbv3 nets)
+
+
 @pytest.mark.toolchain
-def test_plain_onnx_is_one_stage_without_exits(tmp_path, target):
+def test_cost_model_predicts_linker_flash_and_ram(firmware_llvm):
+    """The cost model's flash (weights + fixed code + per-kernel code) and peak RAM (activations + kernel scratch +
+    driver state + fixed RAM) agree with the linker map within 5%; the harness's embedded test vectors are not part
+    of a deployed image and are left out of the flash figure."""
+    _, report = firmware_llvm
+    sizes, pred = report.sizes, report.predicted
+    flash = sizes["flash_bytes"] - sizes["flash_parts"].get("test_data", 0)
+    assert abs(pred["flash_bytes"] - flash) <= FOOTPRINT_TOLERANCE * flash, (pred["flash_bytes"], flash)
+    assert abs(pred["peak_sram_bytes"] - sizes["ram_bytes"]) <= FOOTPRINT_TOLERANCE * sizes["ram_bytes"], \
+        (pred["peak_sram_bytes"], sizes["ram_bytes"])
+
+
+def _plain_onnx(path):
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
-    path = tmp_path / "plain.onnx"
     torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=True, opset_version=18,
                       input_names=["image"], output_names=["scores"])
+    return path
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("name,machine", [("cortex-m7", "mps2-an500"), ("cortex-m4", "mps2-an386"),
+                                          ("stm32h743", "mps2-an500")])
+def test_plain_onnx_is_one_stage_without_exits(tmp_path, name, machine):
+    target = load_target(name)
+    assert target.qemu_machine == machine
+    path = _plain_onnx(tmp_path / "plain.onnx")
     report = compile_mcu(path, target, tmp_path / "fw", build_board=False)
-    assert report.n_stages == 1 and report.n_classes == 5
+    assert report.n_stages == 1 and report.n_classes == 5 and report.target == name
     profile = profile_qemu(tmp_path / "fw", target)
     assert profile["check"]["passed"] and profile["exits_exercised"] == [0]
+    assert profile["device"] == f"qemu:{machine}"
+
+
+def test_run_folder_resolves_to_its_exported_candidate(model, tmp_path):
+    export_dir, _ = model
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "archive.jsonl").write_text("")
+    with pytest.raises(EdgenasError, match="no exported candidate") as err:
+        load_model_source(run, "float32")
+    assert "\n" not in str(err.value)
+    shutil.copytree(export_dir, run / "export-7")
+    src = load_model_source(run, "float32")
+    assert len(src.stages) == 3 and src.stages[0].path.parent.parent == run / "export-7"
+    assert load_model_source(run / "export-7" / "stages" / "stage_0.onnx", "float32").stages[0].final  # plain file
 
 
 def _fake_which(missing):

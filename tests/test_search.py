@@ -1,6 +1,7 @@
 """NACHOS search end to end on digits with tiny settings: run folder, budgets, resume after a kill, bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,3 +147,41 @@ def test_unmeetable_accuracy_floor_reports_closest_candidates(tmp_path):
     assert info.value.exit_code != 0
     assert "no candidate meets the budgets" in info.value.problem and "accuracy by" in info.value.problem
     assert (tmp_path / "run" / "archive.jsonl").is_file()  # the evaluations are kept
+
+
+@pytest.mark.e2e
+@pytest.mark.toolchain
+def test_cli_export_compile_profile_pipeline_agrees_with_onnxruntime(tiny_run, tmp_path, capsys):
+    """The README's pipeline on a searched member: export -> Cortex-M7 firmware -> QEMU, checked against ORT."""
+    if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but the ARM toolchain or QEMU is missing: `make setup` as root installs them")
+        pytest.skip("arm-none-eabi-gcc / qemu-system-arm not installed")
+    out, result = tiny_run
+    export_dir, fw_dir, prof = tmp_path / "export", tmp_path / "fw", tmp_path / "profile.json"
+    assert cli_main(["export", str(out), "--best", "--out", str(export_dir)]) == 0
+    exits = json.loads((export_dir / "exits.json").read_text())
+    assert exits["meta"]["dataset"] == "digits" and (export_dir / "model.onnx").is_file()
+    capsys.readouterr()
+    assert cli_main(["compile", str(export_dir / "model.onnx"), "--target", "cortex-m7", "--out", str(fw_dir),
+                     "--test-inputs", "6"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fits"] and report["n_test_inputs"] == 6 and report["target"] == "cortex-m7"
+    assert cli_main(["profile", str(fw_dir), "--target", "cortex-m7", "--device", "qemu", "--out", str(prof)]) == 0
+    profile = json.loads(prof.read_text())
+    assert profile["check"]["passed"] and profile["check"]["exit_agreement"] == 1.0
+    assert profile["n_inputs"] == 6 and profile["unit"] == "instructions"
+
+
+def test_compile_and_profile_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    missing = tmp_path / "nothing"
+    code, err = run_cli(["compile", str(missing), "--out", str(tmp_path / "fw")], capsys)
+    assert code == 2 and len(err) == 1 and "does not exist" in err[0]
+    assert not (tmp_path / "fw").exists()
+    corrupt = tmp_path / "bad.onnx"
+    corrupt.write_bytes(b"\x00not a protobuf at all")
+    code, err = run_cli(["compile", str(corrupt), "--out", str(tmp_path / "fw")], capsys)
+    assert code == 2 and len(err) == 1 and "bad.onnx" in err[0]
+    assert not (tmp_path / "fw").exists()
+    code, err = run_cli(["profile", str(tmp_path), "--device", "usb"], capsys)
+    assert code == 2 and len(err) == 1

@@ -333,12 +333,10 @@ def test_run_folder_is_written_and_reloads(toy_data, tmp_path):
     summary = json.loads((out / "result.json").read_text())
     assert summary["genotype"] == res.genotype and summary["config"]["method"] == "zodarts+"
     assert json.loads((out / "pareto.json").read_text()) == {"members": [0]}
-    ckpt = torch.load(out / "checkpoints" / "candidate_0.pt", weights_only=True)
-    from edgenas.spaces import create_space
-    space = create_space(ckpt["space"])
-    net = space.build_empty(space.arch_from_dict(ckpt["arch"]), ckpt["in_channels"], ckpt["n_classes"])
-    net.load_state_dict(ckpt["state_dict"])
-    net.eval()
+    from edgenas.search.driver import load_candidate
+    net, record, _ = load_candidate(out)  # the path `edgenas export` takes
+    assert record["id"] == 0 and net.n_exits == record.get("n_exits", 1) == res.net.n_exits
+    assert list(net.thresholds) == pytest.approx(record["thresholds"])
     x = torch.rand(3, 1, 8, 8)
     assert torch.allclose(net(x)[0], res.net(x)[0])
     with pytest.raises(EdgenasError, match="not empty"):

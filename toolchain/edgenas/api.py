@@ -18,11 +18,15 @@ def default_run_dir(target: str, method: str, dataset: str, seed: int) -> Path:
 
 def search(target: str = "cortex-m7", dataset: str = "digits", method: str = "nachos", out=None, seed: int = 0,
            resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
-           pop_size=None, generations=None, supernet_epochs=None, epochs=None, ui=None, config=None):
+           pop_size=None, generations=None, supernet_epochs=None, epochs=None, zo_variant="zodarts+", ui=None,
+           config=None):
     """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting."""
     from edgenas.search.driver import SearchConfig, run_search
-    if method not in ("nachos", "flatnas"):
-        raise EdgenasError(f"search method '{method}' is not available in this version", "use --method nachos or flatnas")
+    if method not in ("nachos", "flatnas", "zodarts"):
+        raise EdgenasError(f"unknown search method '{method}'", "use --method nachos, flatnas or zodarts")
+    if method == "zodarts":
+        return _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy,
+                               epochs, zo_variant, ui)
     cfg = config or SearchConfig()
     changes = dict(target=target, dataset=dataset, method=method, seed=seed, latency=latency, sram=sram,
                    flash=flash, macs=macs, min_accuracy=min_accuracy)
@@ -42,6 +46,19 @@ def search(target: str = "cortex-m7", dataset: str = "digits", method: str = "na
     return run_search(cfg, out, resume=resume, ui=ui)
 
 
+def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy, epochs, variant, ui):
+    from edgenas.search.zodarts import search_zodarts
+    from edgenas.targets import load_target, target_with_budgets
+    if resume:
+        raise EdgenasError("--resume is not supported by --method zodarts (a run is one short gradient search)",
+                           "start a new run with another --out")
+    if epochs is not None and epochs < 1:
+        raise EdgenasError(f"--epochs must be at least 1, got {epochs}", "pass a positive --epochs")
+    tgt = target_with_budgets(load_target(target), latency=latency, sram=sram, flash=flash, macs=macs, min_accuracy=min_accuracy)
+    out = Path(out) if out else default_run_dir(target, variant, dataset, seed)
+    return search_zodarts(dataset, method=variant, epochs=epochs, seed=seed, target=tgt, out_dir=out, ui=ui)
+
+
 def search_cli(**opts) -> None:
     from rich.console import Console
 
@@ -49,6 +66,13 @@ def search_cli(**opts) -> None:
     from edgenas.ui import RichUI
     console = Console(stderr=True)
     result = search(ui=RichUI(console), **opts)
+    if opts.get("method") == "zodarts":
+        ex = result.exits or {}
+        console.print(f"{result.method}: cell {result.genotype}; test accuracy {ex.get('test_accuracy', float('nan')):.4f} "
+                      f"with {ex.get('n_exits', 1)} exits (expected MACs {ex.get('macs_expected', float('nan')):.0f} "
+                      f"of {ex.get('macs_worst', 0)}); search {result.search_seconds:.0f} s; "
+                      f"budget violations: {result.violations or 'none'}; run folder: {result.run_dir}")
+        return
     print_members(result.pareto)
     console.print(f"{result.evaluations} candidates evaluated ({result.new_evaluations} new) in "
                   f"{result.wall_seconds:.0f} s; hypervolume {result.hypervolume:.4f}; run folder: {result.run_dir}")
@@ -98,3 +122,187 @@ def targets_cli() -> None:
 def target_show_cli(name: str) -> None:
     from edgenas.targets import load_target, target_to_toml
     print(target_to_toml(load_target(name)), end="")
+
+
+# ------------------------------------------------------------------------------------------------ compile / profile
+def _resolve_model(model) -> Path:
+    """An export folder, an .onnx file, or a run folder (its best Pareto member, exported on first use)."""
+    path = Path(model)
+    if not path.exists():
+        raise EdgenasError(f"{path} does not exist", "pass an export folder, an .onnx file or a run folder")
+    if path.is_dir() and (path / "archive.jsonl").is_file():
+        from edgenas.search.driver import load_candidate
+        _, record, _ = load_candidate(path)
+        out = path / f"export-{record['id']}"
+        if not (out / "exits.json").is_file():
+            export(path, record["id"], out)
+        return out
+    return path
+
+
+def _dataset_test_inputs(model_path: Path, n: int):
+    """Up to n test-split inputs of the model's dataset, spread over the exits they take (None: dataset unknown)."""
+    import numpy as np
+
+    from edgenas.compile.mcu import load_model_source, reference_outputs
+    from edgenas.data import load_dataset, resize
+    from edgenas.export.exits_json import EXITS_FILE, read_exits_json
+    folder = model_path if model_path.is_dir() else model_path.parent
+    if not (folder / EXITS_FILE).is_file():
+        return None
+    dataset = read_exits_json(folder).get("meta", {}).get("dataset")
+    if not dataset:
+        return None
+    src = load_model_source(model_path, "float32")
+    x = resize(load_dataset(dataset).test.x, src.input_shape[-1]).numpy().astype(np.float32)
+    _, exits = reference_outputs(src, x)
+    order = [np.flatnonzero(exits == e).tolist() for e in range(int(exits.max()) + 1)]
+    picked = []
+    while len(picked) < min(n, len(x)):  # round robin over exits: every exit taken by some input is exercised
+        for idx in order:
+            if idx and len(picked) < n:
+                picked.append(idx.pop(0))
+    return x[sorted(picked)]
+
+
+def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", dtype: str = "float32",
+            test_inputs: int = 16, tune_trials: int = 0):
+    """Compile an exported model for a target: Cortex-M firmware (kind mcu) or a TVM library (host, Cortex-A)."""
+    from edgenas.targets import load_target
+    t = load_target(target)
+    path = _resolve_model(model)
+    if t.kind == "mcu":
+        from edgenas.compile import compile_mcu
+        out = Path(out) if out else path.parent / f"firmware-{t.name}" if path.is_file() else path / f"firmware-{t.name}"
+        if test_inputs < 1:
+            raise EdgenasError(f"--test-inputs must be at least 1, got {test_inputs}", "e.g. --test-inputs 16")
+        return compile_mcu(path, t, out, codegen=codegen, dtype=dtype, test_inputs=_dataset_test_inputs(path, test_inputs))
+    from edgenas.compile.host import compile_host
+    out = Path(out) if out else (path.parent if path.is_file() else path) / f"tvm-{t.name}"
+    return compile_host(path, t, out, tune_trials=tune_trials, test_inputs=_dataset_test_inputs(path, test_inputs))
+
+
+def compile_cli(**opts) -> None:
+    import json
+    report = compile(**opts)
+    print(json.dumps(report.to_dict(), indent=2, default=str))
+
+
+def profile(artefact, target: str = "cortex-m7", device: str = "qemu", n_inputs: int | None = None, out=None,
+            threads: str = "1,max", repeats: int = 20) -> dict:
+    """Run a compiled artefact on a device (qemu, serial:PORT, host, ssh:USER@HOST) and return its JSON profile."""
+    import json
+
+    from edgenas.targets import load_target
+    t = load_target(target)
+    if device == "qemu":
+        from edgenas.profile import profile_qemu
+        result = profile_qemu(artefact, t, n_inputs=n_inputs)
+    elif device.startswith("serial:") and len(device) > len("serial:"):
+        from edgenas.profile import profile_serial
+        result = profile_serial(device.split(":", 1)[1], artefact, t, n_inputs=n_inputs)
+    elif device == "host" or device.startswith("ssh:"):
+        from edgenas.profile.host import profile_device
+        result = profile_device(artefact, t, device, threads=threads.split(","), repeats=repeats)
+    else:
+        raise EdgenasError(f"unknown device '{device}'", "use qemu, serial:PORT, host or ssh:USER@HOST")
+    if out is not None:
+        from edgenas.search.runfolder import atomic_write_json
+        atomic_write_json(Path(out), json.loads(json.dumps(result, default=str)))
+    return result
+
+
+def profile_cli(**opts) -> None:
+    import json
+    print(json.dumps(profile(**opts), indent=2, default=str))
+
+
+def calibrate(target: str, profiles, out=None, device: str = "", runtime: str = "", threads: int | None = None,
+              name: str | None = None):
+    """Fit the target's latency model from profiles (per-layer JSON, MODEL.onnx=ORT.json, end-to-end CSV) and write
+    an override target TOML (`out`, default ./<target>-calibrated.toml) that `extends` the target.
+
+    Returns (Calibration, path written). Nothing is written when a file is malformed or the fit fails."""
+    import os
+
+    from edgenas.cost.calibrate import calibrate as fit_latency
+    from edgenas.cost.calibrate import write_override
+    from edgenas.targets import list_targets, load_target
+    t = load_target(target)
+    out = Path(out) if out else Path(f"{t.name}-calibrated.toml")
+    if out.suffix != ".toml":
+        raise EdgenasError(f"--out {out} must end in .toml", "e.g. --out my-board.toml")
+    if str(target) in list_targets():
+        extends = str(target)
+    else:
+        extends = os.path.relpath(Path(t.source_path).resolve(), out.resolve().parent)
+    cal = fit_latency(t, [str(p) for p in profiles], device=device, runtime=runtime, threads=threads,
+                      name=name or out.stem, extends=extends)
+    return cal, write_override(cal, out)
+
+
+def calibrate_cli(**opts) -> None:
+    cal, path = calibrate(**opts)
+    print(cal.summary())
+    print(f"wrote {path} (use it as --target {path})")
+
+
+def analyze(model, target: str = "cortex-m7", dtype: str = "float32", latency=None, sram=None, flash=None,
+            macs=None) -> dict:
+    """Per-layer and total cost of any ONNX model (plain, or early-exit with If) on a target, with a budget check.
+
+    Budgets are the target's, overridden by the given strings ("50ms", "256KB", "1MB", "2.5M"); latency and MACs
+    are checked at the worst case (final exit, every earlier head evaluated)."""
+    from edgenas import cost
+    from edgenas.targets import load_target, target_with_budgets
+    t = target_with_budgets(load_target(target), latency=latency, sram=sram, flash=flash, macs=macs)
+    g = cost.from_onnx(model)
+    report = cost.analyze(g, t, dtype)
+    over = cost.violations(report, t.budgets)
+    b = t.budgets
+    checks = {}
+    for key, value, limit in (("latency_s", report.latency_worst_s, b.latency_s),
+                              ("sram_bytes", report.peak_sram_bytes, b.sram_bytes),
+                              ("flash_bytes", report.flash_bytes, b.flash_bytes),
+                              ("macs", report.macs_worst, b.macs)):
+        checks[key] = {"value": value, "limit": limit, "ok": key not in over}
+    return {"model": str(model), "target": t.name, "target_file": t.source_path, "dtype": dtype,
+            "n_exits": g.n_exits, "input_shape": list(g.input_shape), "layers": cost.layer_table(g, t),
+            "totals": report.to_dict(), "budgets": checks, "fits": not over}
+
+
+def analyze_cli(as_json: bool = False, **opts) -> bool:
+    """Print the analysis (JSON or tables); True when the model fits every budget."""
+    import json
+    result = analyze(**opts)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return result["fits"]
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{result['model']} on {result['target']} ({result['dtype']})")
+    for col in ("layer", "kind", "part", "out shape", "MACs", "params", "out KiB", "live SRAM KiB", "pred. us"):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "part", "out shape") else "right")
+    for r in result["layers"]:
+        table.add_row(r["name"], r["kind"], f"{r['part']} {r['index']}", "x".join(map(str, r["out_shape"])) or "1",
+                      f"{r['macs']:,}", f"{r['params']:,}", f"{r['output_bytes'] / 1024:.1f}",
+                      f"{r['live_sram_bytes'] / 1024:.1f}", f"{r['latency_s'] * 1e6:.1f}")
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(table)
+    tot = result["totals"]
+    for i in range(result["n_exits"]):
+        console.print(f"exit {i}: {tot['macs_per_exit'][i]:,} MACs, predicted "
+                      f"{tot['latency_per_exit_s'][i] * 1e3:.3f} ms (worst case: every earlier head evaluated)")
+    console.print(f"params {tot['params']:,}; peak SRAM {tot['peak_sram_bytes'] / 1024:.1f} KiB "
+                  f"(activations {tot['activation_sram_bytes'] / 1024:.1f} KiB + workspace); "
+                  f"flash {tot['flash_bytes'] / 1024:.1f} KiB")
+    units = {"latency_s": (1e3, "ms"), "sram_bytes": (1 / 1024, "KiB"), "flash_bytes": (1 / 1024, "KiB"),
+             "macs": (1e-6, "M")}
+    for key, c in result["budgets"].items():
+        if c["limit"] is None:
+            continue
+        scale, unit = units[key]
+        console.print(f"{'ok  ' if c['ok'] else 'OVER'} {key}: {c['value'] * scale:.3f} {unit} "
+                      f"(budget {c['limit'] * scale:.3f} {unit})")
+    console.print("fits the target's budgets" if result["fits"] else "does NOT fit the target's budgets")
+    return result["fits"]

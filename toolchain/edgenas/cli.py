@@ -33,6 +33,8 @@ def cli():
 @click.option("--generations", default=None, type=int, help="NSGA-II generations.")
 @click.option("--supernet-epochs", default=None, type=int, help="Supernet training epochs.")
 @click.option("--epochs", default=None, type=int, help="zodarts: search epochs.")
+@click.option("--zo-variant", type=click.Choice(["zodarts+", "zodarts", "darts1", "darts2"]), default="zodarts+",
+              show_default=True, help="zodarts: the estimator (ZO-DARTS+, ZO-DARTS, DARTS 1st/2nd order baselines).")
 def search(**opts):
     """Search early-exit networks that fit the target's budgets."""
     from edgenas import api
@@ -52,6 +54,36 @@ def export(run_dir, candidate, best, out):
     api.export_cli(run_dir, candidate, out)
 
 
+@cli.command("compile")
+@click.argument("model", type=click.Path())
+@click.option("--target", default="cortex-m7", show_default=True, help="Target name or .toml file.")
+@click.option("--out", default=None, help="Output folder (default: beside the model).")
+@click.option("--codegen", type=click.Choice(["llvm", "c"]), default="llvm", show_default=True,
+              help="MCU kernels: TVM LLVM objects or TVM C source.")
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True)
+@click.option("--test-inputs", default=16, show_default=True, type=int,
+              help="MCU: test-split inputs embedded in the firmware and checked against onnxruntime.")
+@click.option("--tune-trials", default=0, show_default=True, type=int, help="Host/Cortex-A: MetaSchedule trials.")
+def compile_(**opts):
+    """Compile an export folder, .onnx file or run folder for a target (firmware or TVM library)."""
+    from edgenas import api
+    api.compile_cli(**opts)
+
+
+@cli.command()
+@click.argument("artefact", type=click.Path())
+@click.option("--target", default="cortex-m7", show_default=True, help="Target name or .toml file.")
+@click.option("--device", default="qemu", show_default=True, help="qemu | serial:PORT | host | ssh:USER@HOST")
+@click.option("--n-inputs", default=None, type=int, help="MCU: profile only the first N embedded inputs.")
+@click.option("--threads", default="1,max", show_default=True, help="host/ssh: thread counts (max = the device's CPUs).")
+@click.option("--repeats", default=20, show_default=True, type=click.IntRange(min=1), help="host/ssh: timed batches per input.")
+@click.option("--out", default=None, help="Also write the profile JSON to this file.")
+def profile(**opts):
+    """Run a compiled artefact on a device or emulator and report latency per exit and per segment."""
+    from edgenas import api
+    api.profile_cli(**opts)
+
+
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def targets(ctx):
@@ -69,9 +101,47 @@ def targets_show(name):
     api.target_show_cli(name)
 
 
+@cli.command()
+@click.argument("profiles", nargs=-1, required=True)
+@click.option("--target", required=True, help="Base target name or .toml file whose latency model is refitted.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Override TOML to write (default ./<target>-calibrated.toml).")
+@click.option("--device", default="", help="Device measured on (provenance; profiles may say it themselves).")
+@click.option("--runtime", default="", help="Runtime measured with, e.g. 'onnxruntime 1.32 CPU' (provenance).")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Threads the runtime used (provenance).")
+@click.option("--name", default=None, help="Name of the calibrated target (default: the --out file's stem).")
+def calibrate(**opts):
+    """Fit a target's latency model from PROFILES and write a target override with its held-out error.
+
+    PROFILES: edgenas-profile/1 JSON (per layer), MODEL.onnx=ORT_PROFILE.json (onnxruntime's profile of MODEL), or a
+    CSV with columns `model` and `latency_ms` (or latency_s / latency_us) of end-to-end measurements.
+    """
+    from edgenas import api
+    api.calibrate_cli(**opts)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", default="cortex-m7", show_default=True, help="Target name or .toml file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True)
+@click.option("--latency", default=None, help="Latency budget, e.g. 50ms (overrides the target).")
+@click.option("--sram", default=None, help="Peak SRAM budget, e.g. 256KB.")
+@click.option("--flash", default=None, help="Flash budget, e.g. 1MB.")
+@click.option("--macs", default=None, help="MACs budget, e.g. 2.5M.")
+def analyze(**opts):
+    """Per-layer MACs, params, activations, peak SRAM, flash and predicted latency of an ONNX model; budget check.
+
+    Exit code 1 when the model exceeds a budget of the target.
+    """
+    from edgenas import api
+    if not api.analyze_cli(**opts):
+        raise click.exceptions.Exit(1)
+
+
 def main(argv=None) -> int:
     try:
-        cli.main(args=argv, prog_name="edgenas", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="edgenas", standalone_mode=False)
     except EdgenasError as exc:
         click.echo(exc.line(), err=True)
         return exc.exit_code
@@ -84,7 +154,7 @@ def main(argv=None) -> int:
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return rc if isinstance(rc, int) else 0  # click returns the code of a ctx.exit(N) when not standalone
 
 
 if __name__ == "__main__":

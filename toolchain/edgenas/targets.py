@@ -33,10 +33,20 @@ OPERATOR_KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act"
 # --------------------------------------------------------------------------------------------------- dataclasses
 @dataclass(frozen=True)
 class KindCost:
-    """Latency coefficients of one operator kind: cycles = fixed + per_mac * MACs + per_byte * bytes moved."""
+    """Latency coefficients of one operator kind (all non-negative):
+
+        cycles = fixed + per_mac * MACs + per_byte * (in + out + weight bytes)
+                 + per_input_byte * in + per_output_byte * out + per_weight_byte * weight bytes
+
+    Bytes are at the deployed dtype. Seed targets use one shared `cycles_per_byte`; `edgenas calibrate` fits the
+    three separate byte coefficients (and writes cycles_per_byte = 0). Keys absent from a file are 0.
+    """
     fixed_cycles: float
     cycles_per_mac: float
     cycles_per_byte: float  # bytes moved: input + output activations + weights at the deployed dtype
+    cycles_per_input_byte: float = 0.0
+    cycles_per_output_byte: float = 0.0
+    cycles_per_weight_byte: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -374,6 +384,9 @@ def _budgets(b: _Reader) -> Budgets:
                    macs=values["macs"], min_accuracy=values["min_accuracy"])
 
 
+_SPLIT_BYTE_KEYS = ("cycles_per_input_byte", "cycles_per_output_byte", "cycles_per_weight_byte")
+
+
 def _latency(lat: _Reader) -> LatencyModel:
     kinds_r = lat.table_of("kinds", required=True)
     kinds = {}
@@ -383,7 +396,8 @@ def _latency(lat: _Reader) -> LatencyModel:
         c = kinds_r.table_of(kind)
         kinds[kind] = KindCost(fixed_cycles=c.number("fixed_cycles", required=True, example="200"),
                                cycles_per_mac=c.number("cycles_per_mac", required=True, example="4.0"),
-                               cycles_per_byte=c.number("cycles_per_byte", required=True, example="0.5"))
+                               cycles_per_byte=c.number("cycles_per_byte", required=True, example="0.5"),
+                               **{k: c.number(k, default=0.0, example="0.1") for k in _SPLIT_BYTE_KEYS})
         c.done()
     kinds_r.done()
     if "default" not in kinds:
@@ -473,6 +487,9 @@ def _latency_lines(model: LatencyModel) -> list[str]:
         _put(lines, "fixed_cycles", c.fixed_cycles)
         _put(lines, "cycles_per_mac", c.cycles_per_mac)
         _put(lines, "cycles_per_byte", c.cycles_per_byte)
+        for k in _SPLIT_BYTE_KEYS:
+            if getattr(c, k):
+                _put(lines, k, getattr(c, k))
     return lines
 
 

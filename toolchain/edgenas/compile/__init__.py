@@ -2,8 +2,9 @@
 
 Modules: `lowering` (ONNX -> Relax -> fused TIR kernels, read into plain data), `memplan` (one activation arena,
 offsets from buffer lifetimes), `cdriver` (generated C: weights, driver, exit logic, API header), `firmware`
-(project files, arm-none-eabi-gcc build, size report), `mcu` (`compile_mcu`, the whole pipeline). Names resolve
-lazily so that importing `edgenas.compile` imports neither TVM nor onnx.
+(project files, arm-none-eabi-gcc build, size report), `mcu` (`compile_mcu`, the whole pipeline), `host`
+(`compile_host`: Relax VM library for x86 / Cortex-A, exits composed with relax.If, static aarch64 check).
+Names resolve lazily so that importing `edgenas.compile` imports neither TVM nor onnx.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ _LAZY = {
     "build_firmware": "firmware", "size_report": "firmware", "SizeReport": "firmware",
     "plan_arena": "memplan", "ArenaPlan": "memplan",
     "lower_onnx": "lowering", "stage_program": "lowering", "StageProgram": "lowering",
+    "compile_host": "host", "HostBuildReport": "host", "load_build_report": "host", "compose_relax": "host",
 }
 __all__ = sorted(_LAZY)
 

@@ -35,6 +35,7 @@ QEMU_MEMORY = {"flash_origin": "0x00000000", "flash_length": "4M", "ram_origin":
 # Real board: flash and SRAM where STM32 parts put them; check against your part's reference manual.
 BOARD_ORIGINS = {"flash_origin": "0x08000000", "ram_origin": "0x20000000"}
 HEAP_BYTES = 4096  # newlib stdio buffers for the harness's printf
+STACK_BYTES = 16384  # main stack reserve (kernels keep register tiles and small TIR buffers on it)
 TVM_HEADERS = {"tvm_ffi": ("dlpack/dlpack.h", "tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h"),
                "tvm": ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h")}
 FIXED_SOURCES = ("startup.c", "tvm_stubs.c", "harness.c")

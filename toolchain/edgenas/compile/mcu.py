@@ -111,6 +111,8 @@ def load_model_source(path: Path, dtype: str) -> ModelSource:
     from edgenas.export.exits_json import EXITS_FILE, read_exits_json
 
     path = Path(path)
+    if path.is_dir() and (path / "archive.jsonl").is_file() and not (path / EXITS_FILE).is_file():
+        path = _run_export(path)
     if path.is_file() and (path.parent / EXITS_FILE).is_file() and path.suffix == ".onnx":
         path = path.parent  # model.onnx of an export folder: compile its stages
     if path.is_dir():
@@ -145,6 +147,20 @@ def load_model_source(path: Path, dtype: str) -> ModelSource:
     out = model.graph.output[0].type.tensor_type.shape.dim
     n_classes = int(np.prod([d.dim_value for d in out if d.dim_value > 0])) if out else 1
     return ModelSource((StageSource(path, name, shape, True),), (), n_classes, shape, None, (path,))
+
+
+def _run_export(run: Path) -> Path:
+    """The export folder of a search run folder: its one exported candidate (a sub-folder with exits.json)."""
+    from edgenas.export.exits_json import EXITS_FILE
+
+    found = sorted(p.parent for p in run.glob(f"*/{EXITS_FILE}"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise EdgenasError(f"run folder {run} holds no exported candidate",
+                           f"export one first (`edgenas export {run} --candidate K`), or use `edgenas compile {run}`")
+    raise EdgenasError(f"run folder {run} holds {len(found)} exported candidates "
+                       f"({', '.join(p.name for p in found[:4])})", "pass the export folder of the one to compile")
 
 
 def _test_inputs(x: np.ndarray | None, input_shape: Sequence[int]) -> np.ndarray:
@@ -232,10 +248,13 @@ def _fresh_out_dir(out_dir: Path) -> None:
                            "choose a new output folder (an earlier firmware folder is replaced)")
 
 
-def compile_mcu(export_dir_or_onnx, target, out_dir, codegen: str = "llvm", dtype: str = "float32",
+def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str = "float32",
                 test_inputs: np.ndarray | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
                 build_board: bool = True) -> FirmwareReport:
     """Build a firmware project in `out_dir` (replacing an earlier one atomically) and return its report.
+
+    `model_or_run`: an export folder (exits.json + stage files), its model.onnx, a plain ONNX model (one stage), or
+    a search run folder holding one exported candidate.
 
     Raises EdgenasError when the firmware exceeds the target's flash or RAM budget, after writing the project
     and its `firmware.json` size report.
@@ -253,7 +272,7 @@ def compile_mcu(export_dir_or_onnx, target, out_dir, codegen: str = "llvm", dtyp
     firmware.require_newlib(gcc, firmware.cpu_flags(target))
     firmware.require_tool(firmware.SIZE)
 
-    src = load_model_source(Path(export_dir_or_onnx), dtype)
+    src = load_model_source(Path(model_or_run), dtype)
     x = _test_inputs(test_inputs, src.input_shape)
     if reference is None:
         ref_logits, ref_exits = reference_outputs(src, x)
@@ -285,15 +304,15 @@ def compile_mcu(export_dir_or_onnx, target, out_dir, codegen: str = "llvm", dtyp
             "edgenas.h": cdriver.edgenas_h(src.n_classes, len(programs), src.input_shape),
             "edgenas_config.h": cdriver.config_h(plan.size, pool, x.shape[0]),
             "test_io.c": cdriver.test_io_c(x, ref_logits, ref_exits),
-            "firmware.ld": firmware.linker_script(target, "qemu", target.workspace_bytes),
-            "firmware-board.ld": firmware.linker_script(target, "board", target.workspace_bytes),
+            "firmware.ld": firmware.linker_script(target, "qemu", firmware.STACK_BYTES),
+            "firmware-board.ld": firmware.linker_script(target, "board", firmware.STACK_BYTES),
             "Makefile": firmware.makefile(target, codegen),
         }
         for name, text in generated.items():
             (tmp / name).write_text(text)
         firmware.copy_fixed_files(tmp)
         elf = firmware.build_firmware(tmp, target, codegen, "qemu")
-        sizes = firmware.size_report(elf, tmp / "firmware.map", target, plan.size, pool, target.workspace_bytes)
+        sizes = firmware.size_report(elf, tmp / "firmware.map", target, plan.size, pool, firmware.STACK_BYTES)
         excess = sizes.excess()
         board_elf = None
         if build_board and not excess:

@@ -6,7 +6,7 @@ writes it to the last step that reads it. Views (reshapes) share their base buff
 stage's outputs (logits, conf) are read by the exit decision after its last call; its `h_out` is the next stage's
 input, so it lives until that stage's last reader. The input image is the caller's buffer and is not in the arena.
 
-Offsets: greedy by size (largest first), each buffer at the lowest aligned offset that does not overlap any already
+Offsets: greedy (a few placement orders tried: by size, by birth, by lifetime; the smallest arena is kept), each buffer at the lowest aligned offset that does not overlap any already
 placed buffer whose lifetime intersects its own. The arena size is then close to the peak of live bytes.
 """
 from __future__ import annotations
@@ -76,11 +76,15 @@ def lifetimes(programs: Sequence[StageProgram]) -> list[Lifetime]:
     return [Lifetime(n, sizes[n], first[n], last[n]) for n in first]
 
 
-def plan_arena(programs: Sequence[StageProgram]) -> ArenaPlan:
-    spans = lifetimes(programs)
+# Placement orders tried; the smallest arena wins (greedy by size alone can leave holes the peak does not need).
+_ORDERS = (lambda s: (-s.size, s.first, s.name), lambda s: (s.first, -s.size, s.name),
+           lambda s: (-(s.last - s.first), -s.size, s.name), lambda s: (-s.size * (s.last - s.first + 1), s.name))
+
+
+def _place(spans: Sequence[Lifetime], order) -> tuple[int, dict[str, int]]:
     placed: list[tuple[int, int, Lifetime]] = []  # (offset, aligned size, lifetime)
     offsets: dict[str, int] = {}
-    for lt in sorted(spans, key=lambda s: (-s.size, s.first, s.name)):
+    for lt in sorted(spans, key=order):
         size = _align(max(lt.size, 1))
         busy = sorted((o, o + s) for o, s, other in placed if other.first <= lt.last and lt.first <= other.last)
         offset = 0
@@ -90,11 +94,16 @@ def plan_arena(programs: Sequence[StageProgram]) -> ArenaPlan:
             offset = max(offset, hi)
         placed.append((offset, size, lt))
         offsets[lt.name] = offset
+    return max([o + s for o, s, _ in placed] + [0]), offsets
+
+
+def plan_arena(programs: Sequence[StageProgram]) -> ArenaPlan:
+    spans = lifetimes(programs)
+    size, offsets = min((_place(spans, order) for order in _ORDERS), key=lambda p: p[0])
     for prog in programs:  # views and chained inputs point into their root's bytes
         for name, spec in prog.tensors.items():
             if spec.role == "view" or (spec.role == "input" and prog.index > 0):
                 offsets[name] = offsets[root_of(programs, name)]
     n_steps = max([s.last for s in spans] + [0]) + 1
     peak = max([sum(s.size for s in spans if s.first <= t <= s.last) for t in range(n_steps)] + [0])
-    size = max([o + s for o, s, _ in placed] + [0])
     return ArenaPlan(size=size, offsets=offsets, lifetimes=tuple(spans), peak_live_bytes=peak)

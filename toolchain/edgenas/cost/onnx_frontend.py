@@ -36,7 +36,7 @@ def from_onnx(model) -> CostGraph:
     if not isinstance(model, onnx.ModelProto):
         model = _load(model)
     try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = shape_inference.infer_shapes(_with_visible_constants(model), strict_mode=False)
     except Exception as exc:  # onnx raises InferenceError and checker errors
         raise EdgenasError(f"ONNX shape inference failed: {' '.join(str(exc).split())[:200]}",
                            "check the model with onnx.checker.check_model and export it with static shapes") from None
@@ -58,6 +58,35 @@ def _load(path):
     except Exception as exc:  # protobuf DecodeError and friends
         raise EdgenasError(f"cannot read {path} as ONNX: {' '.join(str(exc).split())[:200]}",
                            "pass a model written by onnx.save or torch.onnx.export") from None
+
+
+_SMALL_CONSTANT = 64  # elements: shape arithmetic operands (Slice starts/ends, Reshape shapes, axes), not weights
+
+
+def _with_visible_constants(model):
+    """A copy of the model in which every subgraph holds its own copy of the small outer-scope constants it reads.
+
+    ONNX shape inference sees the types of outer-scope tensors inside an If branch but not their values, so a Slice
+    or Reshape whose starts/shape are main-graph initializers gets no static output shape there (edgenas export
+    keeps every initializer in the main graph). Only shape inference sees the copy."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    small = {i.name: i for i in out.graph.initializer if math.prod(i.dims) <= _SMALL_CONSTANT}
+
+    def visit(graph, visible: dict) -> None:
+        visible = {**visible, **{i.name: i for i in graph.initializer if math.prod(i.dims) <= _SMALL_CONSTANT}}
+        for node in graph.node:
+            for sub in _subgraphs(node):
+                own = {i.name for i in sub.initializer} | {vi.name for vi in sub.input}
+                for name in sorted(_outer_refs(sub) - own):
+                    if name in visible:
+                        sub.initializer.append(visible[name])
+                visit(sub, visible)
+
+    visit(out.graph, small)
+    return out
 
 
 def _strip(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -168,8 +197,8 @@ class _Walker:
         else_g = _attr_graph(if_node, "else_branch")
         after_if = _descendants(nodes, set(if_node.output))
         before = [n for n in nodes if n is not if_node and id(n) not in after_if]
-        needed = _outer_refs(else_g)
-        backbone = _ancestors(before, needed)
+        carried = self._segment_output(before, _outer_refs(else_g), if_node, level)
+        backbone = _ancestors(before, {carried})
         for node in before:
             if id(node) in backbone:
                 self._emit(node, "segment", level)
@@ -180,15 +209,52 @@ class _Walker:
             self.consts.add(init.name)
         for node in then_g.node:
             self._emit(node, "head", level)
-        carried = sorted({self.resolve(n) for n in needed} - self.consts - {None})
-        carried = [n for n in carried if n == self.input_name or n in self.by_output]
-        if len(carried) != 1:
-            raise EdgenasError(f"the else-branch of If {if_node.name or '#' + str(level)} reads {len(carried)} "
-                               f"activation tensors from the outer graph ({', '.join(carried) or 'none'})",
-                               "continue the backbone from exactly one tensor at each exit point")
-        seg_outputs.append(carried[0])
+        seg_outputs.append(self.resolve(carried))
         exit_outputs.append(self._main_output(then_g))
         self._level(else_g, level + 1, seg_outputs, exit_outputs)
+
+    def _segment_output(self, before, needed: set[str], if_node, level: int) -> str:
+        """The tensor the else-branch continues the backbone from.
+
+        The else-branch may read several activations of the outer graph: the backbone tensor and exit-decision
+        state (edgenas export carries the survival product 1 - c_0, ... into the next exit's decision). Every such
+        state is computed from the backbone tensor through the head, so the segment output is the one tensor read
+        by the else-branch that all the others depend on."""
+        dynamic = {n for n in needed if self.resolve(n) == self.input_name or self.resolve(n) in self.by_output}
+        producer = {}
+        for node in before:  # ONNX nodes are topologically sorted
+            refs = {i for i in node.input if i}
+            for sub in _subgraphs(node):
+                refs |= _outer_refs(sub)
+            if any(r in dynamic or r == self.input_name or self.resolve(r) in self.by_output for r in refs):
+                dynamic.update(node.output)
+            for o in node.output:
+                producer[o] = node
+        candidates = sorted(n for n in needed if n in dynamic)
+
+        def depends(d: str, c: str) -> bool:
+            seen, stack = set(), [d]
+            while stack:
+                t = stack.pop()
+                if t == c:
+                    return True
+                if t in seen or t not in producer:
+                    continue
+                seen.add(t)
+                node = producer[t]
+                stack.extend(i for i in node.input if i)
+                for sub in _subgraphs(node):
+                    stack.extend(_outer_refs(sub))
+            return False
+
+        roots = [c for c in candidates if all(d == c or depends(d, c) for d in candidates)]
+        if len(roots) != 1:
+            raise EdgenasError(f"the else-branch of If {if_node.name or '#' + str(level)} reads {len(candidates)} "
+                               f"activation tensors from the outer graph ({', '.join(candidates) or 'none'}) and "
+                               "none of them is the one the others are computed from",
+                               "continue the backbone from one tensor at each exit point; exit-decision state may "
+                               "be carried too if it is computed from that tensor")
+        return roots[0]
 
     def _main_output(self, graph) -> str:
         out = self.resolve(graph.output[0].name)

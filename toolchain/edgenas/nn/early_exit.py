@@ -103,3 +103,16 @@ class EarlyExitNet(nn.Module):
             if alive.numel() == 0:
                 break
         return out_logits, out_exit
+
+
+def drop_exits(net: EarlyExitNet, keep: Sequence[bool], thresholds: Sequence[float]) -> EarlyExitNet:
+    """Remove the intermediate exits not kept: their segments merge with the next one. Weights are shared."""
+    segments, heads, pending = [], [], []
+    for i in range(net.n_exits):
+        pending.append(net.segments[i])
+        if i == net.n_exits - 1 or keep[i]:
+            segments.append(pending[0] if len(pending) == 1 else nn.Sequential(*pending))
+            heads.append(net.heads[i])
+            pending = []
+    out = EarlyExitNet(segments, heads, net.n_classes, net.input_shape, thresholds)
+    return out.train(net.training)

@@ -1,5 +1,7 @@
 """Profile: run compiled artefacts and measure them. `qemu` (Cortex-M firmware, instruction counts), `serial`
-(a real board's report over UART, cycles), `mcu_report` (the harness report both read). Lazy names: importing
+(a real board's report over UART, cycles), `mcu_report` (the harness report both read), `host` (TVM host builds:
+onnxruntime and TVM per exit / node / kernel on this machine), `ssh` (the same on a Cortex-A board, through a
+transport), `runner` (the self-contained measuring script both run). Lazy names: importing
 `edgenas.profile` starts nothing.
 """
 from __future__ import annotations
@@ -8,7 +10,9 @@ import importlib
 from typing import Any
 
 _LAZY = {"profile_qemu": "qemu", "qemu_command": "qemu", "profile_serial": "serial", "read_report": "serial",
-         "parse_report": "mcu_report", "summarize": "mcu_report", "HarnessReport": "mcu_report"}
+         "parse_report": "mcu_report", "summarize": "mcu_report", "HarnessReport": "mcu_report",
+         "profile_host": "host", "profile_device": "host", "profile_ssh": "ssh", "SshTransport": "ssh",
+         "LocalTransport": "ssh"}
 __all__ = sorted(_LAZY)
 
 

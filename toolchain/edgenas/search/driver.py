@@ -276,7 +276,7 @@ def load_candidate(run_dir, candidate: int | None = None):
     import torch
 
     from edgenas.spaces import create_space
-    from edgenas.spaces.mbv3 import ArchConfig, drop_exits
+    from edgenas.nn.early_exit import drop_exits
     folder = RunFolder(run_dir)
     if not Path(run_dir).is_dir():
         raise EdgenasError(f"run folder not found: {run_dir}", "pass the --out folder of an `edgenas search` run")
@@ -302,7 +302,7 @@ def load_candidate(run_dir, candidate: int | None = None):
     except Exception as exc:  # torch raises several types for corrupt files
         raise EdgenasError(f"cannot read checkpoint {path} ({type(exc).__name__})", "the file is corrupt; re-run the search with --resume to rewrite it") from None
     space = create_space(ckpt["space"])
-    arch = ArchConfig.from_dict(ckpt["arch"])
+    arch = space.arch_from_dict(ckpt["arch"])
     net = space.build_empty(arch, ckpt["in_channels"], ckpt["n_classes"])
     net = drop_exits(net, ckpt["active_exits"], ckpt["thresholds"])
     net.load_state_dict(ckpt["state_dict"])

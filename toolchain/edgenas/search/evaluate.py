@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from edgenas import cost
-from edgenas.spaces.mbv3 import drop_exits
+from edgenas.nn.early_exit import drop_exits
 from edgenas.train.bn import recalibrate_bn
 from edgenas.train.exits import ExitTrainingConfig, exit_features, exit_outputs, train_exit_heads
 from edgenas.train.thresholds import apply_policy, choose_policy, path_costs
@@ -70,69 +70,78 @@ class CandidateEvaluator:
     def __call__(self, genome) -> tuple[dict, object]:
         arch, key, seed, net = self.build(genome)
         self.finetune(net, seed)
-        net.eval()
-        t = self.target
-        full_graph = cost.from_torch(net)
-        lat = cost.predict_latency(full_graph, t)
-        backbone_s, head_s = per_exit_costs(full_graph, lat.layer_s)
-        backbone_s = [b + t.latency.per_inference_cycles / t.clock_hz for b in backbone_s]
-        per_exit_s = t.latency.per_exit_cycles / t.clock_hz
-
-        feats = {name: exit_features(net, getattr(self.data, name).x) for name in ("train", "val", "test")}
-        train_exit_heads(net, feats["train"], self.data.train.y,
-                         path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
-                         self.budgets.latency_s, self.config.exits, seed)
-        val_pred, val_conf = exit_outputs(net, feats["val"])
-        test_pred, test_conf = exit_outputs(net, feats["test"])
-        y_val, y_test = self.data.val.y.numpy(), self.data.test.y.numpy()
-        policy = choose_policy(val_pred, val_conf, y_val, backbone_s, head_s, self.budgets.min_accuracy,
-                               self.config.max_accuracy_drop, per_exit_s)
-        test_taken = apply_policy(test_pred, test_conf, policy.active, policy.thresholds)
-        n_exits = net.n_exits
-        test_rates = np.bincount(test_taken, minlength=n_exits) / len(y_test)
-        test_acc = float((test_pred[np.arange(len(y_test)), test_taken] == y_test).mean())
-
-        deployed = drop_exits(net, policy.active, policy.thresholds)
-        graph = cost.from_torch(deployed)
-        keep = [i for i in range(n_exits) if i == n_exits - 1 or policy.active[i]]
-        val_rates = [policy.exit_rates[i] for i in keep]
-        test_rates_kept = [float(test_rates[i]) for i in keep]
-        report = cost.analyze(graph, t)
-        macs_per_exit = [int(m) for m in cost.macs_per_exit(graph)]
-        latency_per_exit = [float(v) for v in cost.predict_latency(graph, t).per_exit_s]
+        deployed, fitted = fit_exit_policy(net, self.data, self.target, self.budgets, self.config, seed)
         record = {
             "key": key,
             "genome": [int(v) for v in self.space.canonical(genome)],
             "arch": arch.to_dict(),
             "description": arch.describe(),
             "exits_in_genome": int(sum(arch.exits)),
-            "active_exits": [bool(a) for a in policy.active],
-            "n_exits": len(keep),
-            "thresholds": [float(v) for v in policy.thresholds],
-            "val_accuracy": float(policy.accuracy),
-            "val_accuracy_no_exit": float((val_pred[:, -1] == y_val).mean()),
-            "test_accuracy": test_acc,
-            "test_accuracy_no_exit": float((test_pred[:, -1] == y_test).mean()),
-            "val_exit_rates": val_rates,
-            "test_exit_rates": test_rates_kept,
-            "macs_per_exit": macs_per_exit,
-            "macs_worst": macs_per_exit[-1],
-            "macs_expected": float(np.dot(val_rates, macs_per_exit)),
-            "macs_expected_test": float(np.dot(test_rates_kept, macs_per_exit)),
-            "params": int(report.params),
-            "peak_sram_bytes": int(report.peak_sram_bytes),
-            "peak_sram_bytes_int8": int(report.peak_sram_bytes_int8),
-            "flash_bytes": int(report.flash_bytes),
-            "flash_bytes_int8": int(report.flash_bytes_int8),
-            "latency_per_exit_s": latency_per_exit,
-            "latency_worst_s": latency_per_exit[-1],
-            "latency_expected_s": float(np.dot(val_rates, latency_per_exit)),
-            "latency_expected_test_s": float(np.dot(test_rates_kept, latency_per_exit)),
+            **fitted,
         }
         record.update(self.extra_metrics(deployed, record, seed))
         record["violations"] = budget_violations(record, self.budgets, self.params_cap)
         record["feasible"] = not record["violations"]
         return record, deployed
+
+
+def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: int) -> tuple[object, dict]:
+    """Train the exit heads of `net` (backbone frozen), choose thresholds on validation, measure on test, cost the
+    deployed network. Returns (deployed net, record fields). Shared by every search method that emits exits."""
+    net.eval()
+    t = target
+    full_graph = cost.from_torch(net)
+    lat = cost.predict_latency(full_graph, t)
+    backbone_s, head_s = per_exit_costs(full_graph, lat.layer_s)
+    backbone_s = [b + t.latency.per_inference_cycles / t.clock_hz for b in backbone_s]
+    per_exit_s = t.latency.per_exit_cycles / t.clock_hz
+
+    feats = {name: exit_features(net, getattr(data, name).x) for name in ("train", "val", "test")}
+    train_exit_heads(net, feats["train"], data.train.y,
+                     path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
+                     budgets.latency_s, config.exits, seed)
+    val_pred, val_conf = exit_outputs(net, feats["val"])
+    test_pred, test_conf = exit_outputs(net, feats["test"])
+    y_val, y_test = data.val.y.numpy(), data.test.y.numpy()
+    policy = choose_policy(val_pred, val_conf, y_val, backbone_s, head_s, budgets.min_accuracy,
+                           config.max_accuracy_drop, per_exit_s)
+    test_taken = apply_policy(test_pred, test_conf, policy.active, policy.thresholds)
+    n_exits = net.n_exits
+    test_rates = np.bincount(test_taken, minlength=n_exits) / len(y_test)
+    test_acc = float((test_pred[np.arange(len(y_test)), test_taken] == y_test).mean())
+
+    deployed = drop_exits(net, policy.active, policy.thresholds)
+    graph = cost.from_torch(deployed)
+    keep = [i for i in range(n_exits) if i == n_exits - 1 or policy.active[i]]
+    val_rates = [policy.exit_rates[i] for i in keep]
+    test_rates_kept = [float(test_rates[i]) for i in keep]
+    report = cost.analyze(graph, t)
+    macs_per_exit = [int(m) for m in cost.macs_per_exit(graph)]
+    latency_per_exit = [float(v) for v in cost.predict_latency(graph, t).per_exit_s]
+    return deployed, {
+        "active_exits": [bool(a) for a in policy.active],
+        "n_exits": len(keep),
+        "thresholds": [float(v) for v in policy.thresholds],
+        "val_accuracy": float(policy.accuracy),
+        "val_accuracy_no_exit": float((val_pred[:, -1] == y_val).mean()),
+        "test_accuracy": test_acc,
+        "test_accuracy_no_exit": float((test_pred[:, -1] == y_test).mean()),
+        "val_exit_rates": val_rates,
+        "test_exit_rates": test_rates_kept,
+        "macs_per_exit": macs_per_exit,
+        "macs_worst": macs_per_exit[-1],
+        "macs_expected": float(np.dot(val_rates, macs_per_exit)),
+        "macs_expected_test": float(np.dot(test_rates_kept, macs_per_exit)),
+        "params": int(report.params),
+        "peak_sram_bytes": int(report.peak_sram_bytes),
+        "peak_sram_bytes_int8": int(report.peak_sram_bytes_int8),
+        "flash_bytes": int(report.flash_bytes),
+        "flash_bytes_int8": int(report.flash_bytes_int8),
+        "latency_per_exit_s": latency_per_exit,
+        "latency_worst_s": latency_per_exit[-1],
+        "latency_expected_s": float(np.dot(val_rates, latency_per_exit)),
+        "latency_expected_test_s": float(np.dot(test_rates_kept, latency_per_exit)),
+    }
 
 
 def _budget_checks(record: dict, budgets, params_cap: int | None = None) -> list[tuple[str, float, float | None]]:

@@ -101,6 +101,7 @@ class ZodartsConfig:
     retrain_batch_size: int = 64
     retrain_lr: float = 0.05
     retrain_weight_decay: float = 3e-4
+    fit_exits: bool = True            # train the exit heads and choose thresholds after retraining (as NACHOS)
     retrain_samples: int | None = None  # cap on the train-split samples used for retraining (None: all)
     bn_batches: int = 16              # training batches that re-estimate BN statistics after retraining
 
@@ -528,6 +529,7 @@ class ZodartsResult:
     alpha_updates: int
     net: nn.Module = field(repr=False)     # derived EarlyExitNet (retrained when retrain_epochs > 0), eval mode
     retrain: dict | None = None
+    exits: dict | None = None              # fit_exit_policy fields of the deployed net (thresholds, exit rates, MACs)
     cost: dict | None = None               # edgenas.cost.analyze of the derived net on the target
     violations: dict | None = None         # target budgets exceeded by the derived net (worst case: final exit)
     run_dir: Path | None = None
@@ -544,7 +546,7 @@ class ZodartsResult:
                 "net_config": self.net_config.to_dict(), "alpha": self.alpha, "probabilities": self.probabilities,
                 "temperatures": self.temperatures, "epoch_seconds": self.epoch_seconds,
                 "search_seconds": self.search_seconds, "alpha_updates": self.alpha_updates,
-                "retrain": self.retrain, "cost": self.cost,
+                "retrain": self.retrain, "exits": self.exits, "cost": self.cost,
                 "violations": None if self.violations is None else {k: list(v) for k, v in self.violations.items()},
                 "config": self.config}
 
@@ -596,6 +598,16 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
             retrained = retrain(net, data, cfg, seed, on_epoch=lambda e, loss: advance(f"loss {loss:.3f}"))
         ui.note(f"{cfg.method}: {arch.to_string()}, test accuracy {retrained['test_accuracy']:.4f} (final epoch)")
     net.eval()
+    exits = None
+    if cfg.retrain_epochs > 0 and cfg.fit_exits:
+        # the same exit training and threshold choice as NACHOS candidates (cost model of the target, or cortex-m7)
+        from edgenas.search.evaluate import EvaluationConfig, fit_exit_policy
+        from edgenas.targets import load_target
+        exit_target = tgt if tgt is not None else load_target("cortex-m7")
+        with ui.task("train exit heads, choose thresholds", total=None):
+            net, exits = fit_exit_policy(net, data, exit_target, exit_target.budgets, EvaluationConfig(), seed)
+        ui.note(f"exits: {exits['n_exits']} kept, test accuracy {exits['test_accuracy']:.4f}, expected MACs "
+                f"{exits['macs_expected']:.0f} of {exits['macs_worst']} worst case")
     cost_dict, bad = None, None
     if tgt is not None:
         from edgenas import cost
@@ -605,7 +617,8 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
         method=cfg.method, seed=seed, genotype=arch.to_string(), argmax_genotype=argmax_arch.to_string(),
         repaired=repaired, net_config=net_cfg, alpha=history["alpha"][-1], probabilities=history["probabilities"],
         temperatures=history["temperatures"], epoch_seconds=history["epoch_seconds"],
-        alpha_updates=history["alpha_updates"][-1], net=net, retrain=retrained, cost=cost_dict, violations=bad,
+        alpha_updates=history["alpha_updates"][-1], net=net, retrain=retrained, exits=exits, cost=cost_dict,
+        violations=bad,
         config={**cfg.to_dict(), "seed": seed, "dataset": dataset if isinstance(dataset, str) else "<in-memory>",
                 "target": getattr(tgt, "name", None), "space": "nb201", "latency_table_s": history["latency_table_s"]})
     if out_dir is not None:
@@ -637,10 +650,15 @@ def _write_run(out: Path, result: ZodartsResult, data) -> None:
         summary = result.to_dict()
         retrain_info = result.retrain or {}
         record = {"id": 0, "arch": result.net_config.to_dict(), "description": result.net_config.describe(),
-                  "active_exits": [True] * (N_STAGES - 1), "thresholds": [1.0] * (N_STAGES - 1),
+                  "active_exits": [False] * (N_STAGES - 1), "thresholds": [],
                   "val_accuracy": retrain_info.get("val_accuracy"), "test_accuracy": retrain_info.get("test_accuracy"),
                   "latency_expected_s": None if result.cost is None else result.cost["latency_worst_s"],
                   "search_seconds": result.search_seconds}
+        if result.exits is None:  # untrained exit heads are never taken: deploy the backbone alone
+            from edgenas.nn.early_exit import drop_exits
+            result = replace(result, net=drop_exits(result.net, record["active_exits"], []))
+        else:
+            record.update(result.exits)
         atomic_write_json(tmp / "config.json", result.config)
         atomic_write_json(tmp / "result.json", summary)
         atomic_write_json(tmp / "pareto.json", {"members": [0]})

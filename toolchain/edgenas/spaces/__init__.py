@@ -30,7 +30,4 @@ def create_space(name: str, **kwargs):
 def _import_families():
     # one file per family; importing registers it
     from edgenas.spaces import mbv3  # noqa: F401
-    try:
-        from edgenas.spaces import nb201  # noqa: F401
-    except ImportError:
-        pass
+    from edgenas.spaces import nb201  # noqa: F401

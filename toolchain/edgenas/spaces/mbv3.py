@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.errors import EdgenasError
-from edgenas.nn.early_exit import EarlyExitNet
+from edgenas.nn.early_exit import EarlyExitNet, drop_exits  # noqa: F401  (re-exported)
 from edgenas.spaces import register_space
 
 RESOLUTIONS = (16, 24, 32)
@@ -263,6 +263,7 @@ class Mbv3Space:
     """Genome <-> ArchConfig, random sampling, supernet and standalone-network construction."""
 
     name = "mbv3"
+    arch_from_dict = staticmethod(lambda d: ArchConfig.from_dict(d))
 
     def __init__(self, resolutions: Sequence[int] = RESOLUTIONS):
         self.resolutions = tuple(int(r) for r in resolutions)
@@ -381,13 +382,3 @@ class Mbv3Space:
         return self.build(arch, Mbv3Supernet(in_channels, n_classes))
 
 
-def drop_exits(net: EarlyExitNet, keep: Sequence[bool], thresholds: Sequence[float]) -> EarlyExitNet:
-    """Remove the intermediate exits not kept: their segments merge with the next one. Weights are shared."""
-    segments, heads, pending = [], [], []
-    for i in range(net.n_exits):
-        pending.append(net.segments[i])
-        if i == net.n_exits - 1 or keep[i]:
-            segments.append(pending[0] if len(pending) == 1 else nn.Sequential(*pending))
-            heads.append(net.heads[i])
-            pending = []
-    return EarlyExitNet(segments, heads, net.n_classes, net.input_shape, thresholds)

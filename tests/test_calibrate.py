@@ -1,0 +1,299 @@
+"""Latency calibration: coefficients recovered from synthetic profiles and CSVs, CV metrics, override round trip,
+malformed inputs rejected with one line and exit code 2 (and nothing written)."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgenas import cost
+from edgenas.cli import main
+from edgenas.cost.calibrate import (FEATURES, Measurements, ModelTotal, Observation, accuracy, calibrate,
+                                    cross_validate, fit, kendall_tau, write_override)
+from edgenas.errors import EdgenasError
+from edgenas.targets import load_target
+
+CLOCK = 3e9  # x86-host clock: coefficients in seconds * CLOCK = cycles
+
+
+def conv_model(path, c_in, c_out, side, n_conv, relus, k=3, n_classes=10, seed=0):
+    """x -> [Conv k x k (+ Relu)] * n_conv -> GlobalAveragePool -> Flatten -> Gemm: a plain ONNX model."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, h, c = [], [], "x", c_in
+    for i in range(n_conv):
+        w = numpy_helper.from_array(rng.standard_normal((c_out, c, k, k)).astype(np.float32), f"w{i}")
+        b = numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")
+        inits += [w, b]
+        nodes.append(helper.make_node("Conv", [h, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[k // 2] * 4))
+        h, c = f"c{i}", c_out
+        if relus[i]:
+            nodes.append(helper.make_node("Relu", [h], [f"r{i}"], name=f"relu{i}"))
+            h = f"r{i}"
+    inits += [numpy_helper.from_array(rng.standard_normal((n_classes, c)).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(n_classes, np.float32), "fc_b")]
+    nodes += [helper.make_node("GlobalAveragePool", [h], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, side, side])
+    graph = helper.make_graph(nodes, "plain", [x],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ per-layer profile
+TRUE = {  # seconds per (call, MAC, input byte, output byte, weight byte)
+    "conv": (2e-6, 1.5e-10, 0.0, 4e-11, 0.0),
+    "dwconv": (1e-6, 6e-10, 2e-11, 0.0, 0.0),
+    "act": (5e-7, 0.0, 0.0, 3e-11, 0.0),
+}
+TRUE_OVERHEAD = 8e-6
+
+
+def synthetic_profile(path, n_models=12, seed=0, outlier=False):
+    rng = np.random.default_rng(seed)
+    models = []
+    for m in range(n_models):
+        layers, total = [], TRUE_OVERHEAD
+        for _ in range(int(rng.integers(6, 12))):
+            kind = str(rng.choice(list(TRUE)))
+            f = {"macs": int(rng.integers(10_000, 3_000_000)) if kind != "act" else 0,
+                 "input_bytes": int(rng.integers(1_000, 200_000)), "output_bytes": int(rng.integers(1_000, 200_000)),
+                 "weight_bytes": int(rng.integers(0, 50_000)) if kind != "act" else 0}
+            t = sum(c * x for c, x in zip(TRUE[kind], (1, f["macs"], f["input_bytes"], f["output_bytes"],
+                                                        f["weight_bytes"])))
+            layers.append({"kind": kind, **f, "latency_s": t})
+            total += t
+        models.append({"layers": layers, "total_s": total})
+    if outlier:  # one disturbed measurement (a context switch) must not pull the fit
+        first = models[0]["layers"][0]
+        models[0]["total_s"] += 5 * first["latency_s"]
+        first["latency_s"] *= 6
+    doc = {"format": "edgenas-profile/1", "device": "synthetic board", "runtime": "synthetic rt", "threads": 1,
+           "models": models}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("outlier", [False, True])
+def test_per_layer_profile_recovers_the_coefficients(tmp_path, outlier):
+    path = synthetic_profile(tmp_path / "prof.json", outlier=outlier)
+    cal = calibrate(load_target("x86-host"), [str(path)])
+    for kind, coefs in TRUE.items():
+        assert cal.fit.kinds[kind] == pytest.approx(coefs, rel=1e-3, abs=1e-14), kind
+    assert cal.fit.per_inference_s == pytest.approx(TRUE_OVERHEAD, rel=1e-3)
+    assert all(v >= 0 for c in cal.fit.kinds.values() for v in c)
+    assert cal.n_models == 12 and cal.device == "synthetic board" and cal.threads == 1
+    # the model whose total holds the disturbed layer cannot be predicted from the others; all the rest can
+    assert cal.cv["model"]["within_5pct"] == pytest.approx(100.0 * (11 / 12 if outlier else 1.0))
+    # the target's latency model carries the same numbers, in cycles, in the split byte coefficients
+    conv = cal.latency.for_kind("conv")
+    assert conv.cycles_per_mac == pytest.approx(1.5e-10 * CLOCK, rel=1e-3) and conv.cycles_per_byte == 0.0
+    assert conv.cycles_per_output_byte == pytest.approx(4e-11 * CLOCK, rel=1e-3)
+
+
+def test_fit_is_non_negative_when_the_truth_would_need_a_negative_coefficient():
+    # time falls with MACs: least squares would give a negative per-MAC cost, NNLS clamps it at 0
+    obs = [Observation(f"m{i}", 1e-3 - 1e-10 * m, {"conv": (1, m, 0, 0, 0)}) for i, m in enumerate((1e5, 1e6, 5e6))]
+    f = fit(obs)
+    assert all(v >= 0 for v in f.kinds["conv"]) and f.kinds["conv"][1] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ end-to-end CSV
+def truth_target(tmp_path):
+    """A target whose latency model is known: fitted coefficients must come back from its predictions."""
+    text = """extends = "x86-host"
+name = "truth"
+[latency]
+per_inference_cycles = 30000.0
+per_exit_cycles = 6000.0
+[latency.kinds.default]
+fixed_cycles = 0.0
+cycles_per_mac = 0.0
+cycles_per_byte = 0.0
+[latency.kinds.conv]
+fixed_cycles = 9000.0
+cycles_per_mac = 0.5
+cycles_per_byte = 0.0
+[latency.kinds.act]
+fixed_cycles = 0.0
+cycles_per_mac = 0.0
+cycles_per_byte = 0.0
+cycles_per_output_byte = 0.25
+[latency.kinds.linear]
+fixed_cycles = 0.0
+cycles_per_mac = 2.0
+cycles_per_byte = 0.0
+[latency.kinds.gap]
+fixed_cycles = 0.0
+cycles_per_mac = 0.0
+cycles_per_byte = 0.0
+[latency.kinds.reshape]
+fixed_cycles = 0.0
+cycles_per_mac = 0.0
+cycles_per_byte = 0.0
+"""
+    p = tmp_path / "truth.toml"
+    p.write_text(text)
+    return load_target(str(p))
+
+
+def e2e_csv(tmp_path, n=14, seed=0):
+    truth = truth_target(tmp_path)
+    rng = np.random.default_rng(seed)
+    rows = ["# synthetic end-to-end measurements", "model,latency_ms"]
+    for i in range(n):
+        n_conv = int(rng.integers(1, 4))
+        path = conv_model(tmp_path / f"m{i}.onnx", int(rng.integers(1, 4)), int(rng.choice([4, 8, 16])),
+                          int(rng.choice([8, 12, 16])), n_conv, [bool(b) for b in rng.integers(0, 2, n_conv)],
+                          n_classes=int(rng.choice([10, 100, 400])))
+        seconds = cost.predict_latency(cost.from_onnx(str(path)), truth).worst_s
+        rows.append(f"{path.name},{seconds * 1e3:.12g}")
+    csv_path = tmp_path / "e2e.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    return csv_path, truth
+
+
+def test_end_to_end_csv_recovers_the_coefficients(tmp_path):
+    csv_path, truth = e2e_csv(tmp_path)
+    cal = calibrate(load_target("x86-host"), [str(csv_path)])
+    got = cal.latency
+    assert got.for_kind("conv").fixed_cycles == pytest.approx(9000.0, rel=2e-3)
+    assert got.for_kind("conv").cycles_per_mac == pytest.approx(0.5, rel=2e-3)
+    act = got.for_kind("act")  # an activation reads as many bytes as it writes: only the sum is determined
+    assert act.cycles_per_input_byte + act.cycles_per_output_byte == pytest.approx(0.25, rel=2e-3)
+    assert got.for_kind("linear").cycles_per_mac == pytest.approx(2.0, rel=2e-3)
+    # every model has exactly one gap, flatten and linear: their call costs and the per-inference constant are one
+    # collinear sum, which is all the data can determine
+    collinear = got.per_inference_cycles + sum(got.for_kind(k).fixed_cycles for k in ("gap", "reshape", "linear"))
+    assert collinear == pytest.approx(30000.0, rel=2e-3)
+    assert cal.cv["model"]["within_5pct"] == 100.0 and cal.n_models == 14
+    # predict_latency with the fitted model reproduces the truth on a model not in the CSV
+    extra = conv_model(tmp_path / "extra.onnx", 3, 12, 20, 2, [True, False], n_classes=50, seed=5)
+    g = cost.from_onnx(str(extra))
+    from dataclasses import replace
+    fitted_target = replace(truth, latency=got)
+    assert cost.predict_latency(g, fitted_target).worst_s == pytest.approx(cost.predict_latency(g, truth).worst_s,
+                                                                           rel=2e-3)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_accuracy_metrics_by_hand():
+    measured = [1.0, 2.0, 4.0, 10.0]
+    predicted = [1.04, 2.3, 2.2, 10.8]  # relative errors 4 %, 15 %, 45 %, 8 %; the pair (2, 4) swaps order
+    m = accuracy(measured, predicted)
+    assert m["within_5pct"] == 25.0 and m["within_10pct"] == 50.0
+    assert m["kendall_tau"] == pytest.approx(4 / 6)  # 5 concordant, 1 discordant pair
+    assert m["median_abs_rel_error"] == pytest.approx((0.08 + 0.15) / 2)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # ties: tau-b, as scipy computes it
+    from scipy.stats import kendalltau
+    x, y = [1, 2, 2, 3, 5], [2, 1, 1, 4, 3]
+    assert kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic)
+
+
+def test_cross_validation_holds_models_out_and_beats_macs_only_on_a_kind_mix():
+    # truth: dwconv MACs cost 10x conv MACs, so MACs alone cannot rank a dwconv-heavy model against a conv-heavy one
+    meas = Measurements()
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        conv, dw = float(rng.integers(1e5, 1e6)), float(rng.integers(1e4, 1e5))
+        feats = {"conv": (3, conv, 0, 0, 0), "dwconv": (3, dw, 0, 0, 0)}
+        t = 1e-5 + 1e-10 * conv + 1e-9 * dw
+        meas.observations.append(Observation(f"m{i}", t, feats, overhead=1))
+        meas.totals.append(ModelTotal(f"m{i}", t, feats, 1, 0, int(conv + dw)))
+    cv = cross_validate(meas, k=5)
+    assert cv["folds"] == 5 and cv["model"]["n"] == 10
+    assert cv["model"]["within_5pct"] == 100.0 and cv["model"]["kendall_tau"] == pytest.approx(1.0)
+    assert cv["macs_only"]["within_10pct"] < 100.0
+    assert cross_validate(Measurements(meas.observations[:2], meas.totals[:2])) is None
+
+
+# ------------------------------------------------------------------------------------------------ override round trip
+def test_override_round_trips_through_load_target(tmp_path):
+    csv_path, truth = e2e_csv(tmp_path, n=6)
+    cal = calibrate(load_target("x86-host"), [str(csv_path)], device="dev", runtime="rt", threads=1, name="host-cal")
+    out = write_override(cal, tmp_path / "out" / "host-cal.toml")
+    t = load_target(str(out))
+    base = load_target("x86-host")
+    assert t.name == "host-cal" and t.latency == cal.latency and t.clock_hz == base.clock_hz
+    assert t.provenance[:-1] == base.provenance
+    p = t.provenance[-1]
+    assert p.measured_on == "dev" and "rt, 1 thread" in p.runtime and "6 models" in p.source and p.date
+    assert "within +-10%" in p.notes
+    # the override is a working --target: CLI analyze accepts it
+    assert main(["analyze", str(tmp_path / "m0.onnx"), "--target", str(out), "--json"]) in (0, 1)
+
+
+def test_cli_calibrate_writes_the_override_and_prints_held_out_error(tmp_path, capsys):
+    csv_path, _ = e2e_csv(tmp_path, n=8)
+    out = tmp_path / "board.toml"
+    rc = main(["calibrate", "--target", "x86-host", str(csv_path), "--out", str(out), "--device", "bench",
+               "--runtime", "ort", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "within +-10%" in text and "MACs-only baseline" in text and "Kendall tau" in text
+    assert load_target(str(out)).name == "board"
+
+
+# ------------------------------------------------------------------------------------------------ malformed input
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.json", "{not json", "is not valid JSON"),
+    ("wrong.json", json.dumps({"format": "other"}), "is not an edgenas-profile/1 profile"),
+    ("ort.json", json.dumps([{"cat": "Session", "name": "model_run", "dur": 5}]), "onnxruntime profile without"),
+    ("neg.json", json.dumps({"format": "edgenas-profile/1", "models": [
+        {"layers": [{"kind": "conv", "macs": 10, "latency_s": -1}]}]}), "latency_s must be a positive"),
+    ("kind.json", json.dumps({"format": "edgenas-profile/1", "models": [
+        {"layers": [{"kind": "lstm", "latency_s": 1e-3}]}]}), "is not a layer kind"),
+    ("cols.csv", "file,time\nm.onnx,1\n", "needs a `model` column"),
+    ("nan.csv", "model,latency_ms\nm0.onnx,fast\n", "is not a number"),
+    ("zero.csv", "model,latency_ms\nm0.onnx,0\n", "must be a positive"),
+    ("missing.csv", "model,latency_ms\nnope.onnx,1.0\n", "model file"),
+    ("empty.csv", "", "is empty"),
+])
+def test_malformed_files_fail_with_one_line_and_exit_2_and_write_nothing(tmp_path, capsys, name, content, message):
+    conv_model(tmp_path / "m0.onnx", 1, 4, 8, 1, [True])
+    bad = tmp_path / name
+    bad.write_text(content)
+    out = tmp_path / "never.toml"
+    assert main(["calibrate", "--target", "x86-host", str(bad), "--out", str(out)]) == 2
+    assert message in _one_line_error(capsys)
+    assert not out.exists() and not list(tmp_path.glob(".never.toml*"))
+    with pytest.raises(EdgenasError, match="error: "):
+        calibrate(load_target("x86-host"), [str(bad)])
+
+
+def test_ort_profile_of_a_real_session_is_attributed_to_layers(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    path = conv_model(tmp_path / "m.onnx", 3, 16, 16, 3, [True, True, False])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "prof")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    for _ in range(5):
+        sess.run(None, {"x": x})
+    prof = sess.end_profiling()
+    from edgenas.cost.calibrate import read_measurements
+    meas = read_measurements([f"{path}={prof}"], 4)
+    covered = {}
+    for o in meas.observations:
+        for kind, f in o.features.items():
+            covered[kind] = covered.get(kind, 0) + f[FEATURES.index("calls")]
+    # every layer of the model lands in exactly one observed group (fused ones included)
+    g = cost.from_onnx(str(path))
+    want = {}
+    for layer in g.layers:
+        want[layer.kind] = want.get(layer.kind, 0) + 1
+    assert covered == want
+    assert len(meas.totals) == 1 and meas.totals[0].seconds > 0

@@ -1,0 +1,126 @@
+"""Profiling TVM host builds: onnxruntime and TVM per exit / node / kernel, on this machine (`--device host`) and
+through the ssh device's transport, here the local transport that runs the same runner.py in a subprocess."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from edgenas.cli import main
+from edgenas.compile.host import compile_host
+from edgenas.errors import EdgenasError
+from edgenas.export.stages import export_stages
+from edgenas.profile.host import profile_device, profile_host
+from edgenas.profile.ssh import LocalTransport, SshTransport, parse_device, profile_ssh
+from test_mcu import digits, thresholds_taking_every_exit, train_net
+
+N_TEST = 12
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    x, y = digits()
+    net = train_net(x[:1200], y[:1200])
+    x_test = x[1200:1200 + N_TEST]
+    net.thresholds = thresholds_taking_every_exit(net, x_test)
+    export_dir = tmp_path_factory.mktemp("export")
+    export_stages(net, export_dir)
+    out = tmp_path_factory.mktemp("build") / "tvm-x86-host"
+    compile_host(export_dir, "x86-host", out, test_inputs=x_test)
+    return out
+
+
+@pytest.fixture(scope="module")
+def host_profile(build):
+    return profile_host(build, "x86-host", threads=(1, 2), repeats=3)
+
+
+def shape_of(doc):
+    """The JSON structure: keys of dicts (recursively), lists by their first element, leaves by type."""
+    if isinstance(doc, dict):
+        return {k: shape_of(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [shape_of(doc[0])] if doc else []
+    return "number" if isinstance(doc, (int, float)) and not isinstance(doc, bool) else type(doc).__name__
+
+
+def test_host_profile_has_exits_nodes_and_kernels(host_profile):
+    doc = host_profile
+    assert doc["device"] == "host" and doc["target"] == "x86-host" and doc["threads"] == [1, 2]
+    for engine in ("onnxruntime", "tvm"):
+        assert set(doc[engine]["runs"]) == {"1", "2"}
+        for run in doc[engine]["runs"].values():
+            exits = run["exits"]
+            assert set(exits) == {"0", "1", "2"}
+            assert all(r["latency_us"]["median"] > 0 for r in exits.values())
+    ort1 = doc["onnxruntime"]["runs"]["1"]
+    assert {n["stage"] for n in ort1["nodes"]} >= {0, 1, 2}         # nodes inside the If branches are seen
+    assert set(ort1["exits"]["0"]["node_us_by_stage"]) <= {"0", "exit_logic"}  # stage 1/2 never ran for exit 0
+    assert {"0", "1", "2"} <= set(ort1["exits"]["2"]["node_us_by_stage"])
+    tvm1 = doc["tvm"]["runs"]["1"]
+    assert tvm1["kernels"] and all(k["mean_us"] > 0 for k in tvm1["kernels"])
+    calls = [tvm1["exits"][e]["kernel_calls"] for e in ("0", "1", "2")]
+    assert calls[0] < calls[1] < calls[2]
+    for name, c in doc["check"].items():
+        assert c["exit_agreement"] == 1.0 and c["max_abs_diff"] <= 1e-4, name
+
+
+def test_ssh_profile_through_the_local_transport_has_the_same_structure(build, host_profile):
+    doc = profile_ssh(build, "x86-host", LocalTransport(), threads=(1, 2), repeats=2)
+    assert doc["device"] == "local"
+    a, b = shape_of(doc), shape_of(host_profile)
+    a.pop("device"), b.pop("device")
+    assert a == b
+    assert doc["check"] == {k: doc["check"][k] for k in host_profile["check"]}
+    assert all(c["exit_agreement"] == 1.0 for c in doc["check"].values())
+
+
+def test_ssh_transport_uses_argument_lists_and_quotes_remote_arguments(monkeypatch, build):
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        assert isinstance(cmd, list) and not kwargs.get("shell")
+        seen.append(cmd)
+        if "mktemp" in cmd[-1]:  # the board is down
+            return subprocess.CompletedProcess(cmd, 255, stdout="", stderr="ssh: connect to host board port 2222: refused")
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: f"/usr/bin/{name}")
+    t = parse_device("ssh:pi@board:2222")
+    assert isinstance(t, SshTransport) and t.destination == "pi@board" and t.port == 2222
+    with pytest.raises(EdgenasError, match="cannot reach pi@board") as err:
+        profile_ssh(build, "x86-host", t)
+    assert "\n" not in str(err.value)
+    cmd = seen[0]
+    assert cmd[0] == "ssh" and "pi@board" in cmd and cmd[cmd.index("-p") + 1] == "2222"
+    assert cmd[-1] == "mktemp -d /tmp/edgenas-profile.XXXXXX"
+    t.run(["python3", "/tmp/a b/runner.py", "x; rm -rf ~"])
+    assert seen[-1][-1] == "python3 '/tmp/a b/runner.py' 'x; rm -rf ~'"
+    with pytest.raises(EdgenasError, match="bad ssh destination"):
+        parse_device("ssh:-oProxyCommand=evil")
+
+
+def test_profile_errors_are_one_line(build, tmp_path, capsys):
+    with pytest.raises(EdgenasError, match="does not exist"):
+        profile_host(tmp_path / "missing", "x86-host")
+    with pytest.raises(EdgenasError, match="built for target x86-host"):
+        profile_device(build, "rpi4", "host")
+    fake = tmp_path / "arm-build"
+    shutil.copytree(build, fake)
+    doc = json.loads((fake / "build.json").read_text())
+    (fake / "build.json").write_text(json.dumps(dict(doc, library_arch="aarch64")))
+    with pytest.raises(EdgenasError, match="ssh:USER@HOST"):
+        profile_host(fake, "x86-host")
+    with pytest.raises(EdgenasError, match="bad thread count"):
+        profile_ssh(build, "x86-host", LocalTransport(), threads=("1", "two"))
+    assert main(["profile", str(tmp_path / "missing"), "--target", "x86-host", "--device", "host"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+
+
+def test_cli_profile_host_writes_json(build, tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["profile", str(build), "--target", "x86-host", "--device", "host", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["device"] == "host" and set(doc["tvm"]["runs"]) >= {"1"}
