@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     data = load_dataset(args.dataset)
     settings = dict(C=args.C, N=args.N, resolution=args.resolution, batch_size=args.batch_size,
                     search_samples=args.search_samples, window=args.window, retrain_epochs=args.retrain_epochs,
-                    retrain_samples=args.retrain_samples)
+                    retrain_samples=args.retrain_samples,
+                    fit_exits=False)  # compared: search + retrained accuracy; exit fitting is identical for all
     runs = []
     load_before = os.getloadavg()
     t_start = time.perf_counter()

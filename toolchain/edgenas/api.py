@@ -19,7 +19,7 @@ def default_run_dir(target: str, method: str, dataset: str, seed: int) -> Path:
 def search(target: str = "cortex-m7", dataset: str = "digits", method: str = "nachos", out=None, seed: int = 0,
            resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
            pop_size=None, generations=None, supernet_epochs=None, epochs=None, zo_variant="zodarts+", ui=None,
-           config=None):
+           config=None, workers=None):
     """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting."""
     from edgenas.search.driver import SearchConfig, run_search
     if method not in ("nachos", "flatnas", "zodarts"):
@@ -43,7 +43,9 @@ def search(target: str = "cortex-m7", dataset: str = "digits", method: str = "na
     if cfg.min_accuracy is not None and not 0.0 <= cfg.min_accuracy <= 1.0:
         raise EdgenasError(f"--min-accuracy must be a fraction in [0, 1], got {cfg.min_accuracy}", "e.g. --min-accuracy 0.9")
     out = Path(out) if out else default_run_dir(cfg.target, method, cfg.dataset, seed)
-    return run_search(cfg, out, resume=resume, ui=ui)
+    if workers is not None and workers < 1:
+        raise EdgenasError(f"--workers must be at least 1, got {workers}", "e.g. --workers 2")
+    return run_search(cfg, out, resume=resume, ui=ui, workers=workers)
 
 
 def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy, epochs, variant, ui):

@@ -33,6 +33,8 @@ def cli():
 @click.option("--generations", default=None, type=int, help="NSGA-II generations.")
 @click.option("--supernet-epochs", default=None, type=int, help="Supernet training epochs.")
 @click.option("--epochs", default=None, type=int, help="zodarts: search epochs.")
+@click.option("--workers", default=None, type=int,
+              help="Processes evaluating candidates (default: one per core, at most 4); the result does not depend on it.")
 @click.option("--zo-variant", type=click.Choice(["zodarts+", "zodarts", "darts1", "darts2"]), default="zodarts+",
               show_default=True, help="zodarts: the estimator (ZO-DARTS+, ZO-DARTS, DARTS 1st/2nd order baselines).")
 def search(**opts):

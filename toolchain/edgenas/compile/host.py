@@ -65,6 +65,7 @@ QEMU_PACKAGE = "qemu-user"
 DEFAULT_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # random inputs at several scales reach more exits
 RELAX_ENTRY = "main"
 TUNED_OPS = ("conv2d", "matmul")  # the kernels worth MetaSchedule trials; the others keep their default schedule
+TUNING_TIMEOUT_S = 300.0
 TUNING_TVM_FFI = "0.1.14.post0"  # newer apache-tvm-ffi segfaults in MetaSchedule (tvm::ffi::ToJSONGraph)
 
 
@@ -257,7 +258,11 @@ def build_relax(mod, tvm_target: Mapping[str, Any], tune_trials: int, work_dir: 
         database = ms.relax_integration.tune_relax(
             fused, params={}, target=target, work_dir=str(work_dir), max_trials_global=int(tune_trials),
             max_trials_per_task=max_trials_per_task, op_names=list(TUNED_OPS),
-            num_trials_per_iter=min(32, max_trials_per_task), seed=0)
+            num_trials_per_iter=min(32, max_trials_per_task), seed=0,
+            # generous timeouts: on a loaded machine a fresh build worker spends seconds importing TVM
+            builder=ms.builder.LocalBuilder(timeout_sec=TUNING_TIMEOUT_S),
+            runner=ms.runner.LocalRunner(timeout_sec=TUNING_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
+                number=3, repeat=1, min_repeat_ms=40)))
         with target, database, tvm.transform.PassContext(opt_level=3):
             tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
         return tvm.compile(tuned, target=target)

@@ -154,8 +154,10 @@ def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui
     return supernet
 
 
-def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None) -> SearchResult:
-    """The library entry point behind `edgenas search`: writes the run folder and returns its Pareto set."""
+def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None, workers: int | None = None) -> SearchResult:
+    """The library entry point behind `edgenas search`: writes the run folder and returns its Pareto set.
+
+    workers: processes evaluating candidates (None: one per core, at most 4). The archive does not depend on it."""
     import torch
 
     from edgenas.data import load_dataset
@@ -180,19 +182,29 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
     new = 0
     n_total = cfg.pop_size * cfg.n_gen
 
-    with ui.task("evaluating candidates", n_total) as advance:
-        def evaluate_genome(genome: np.ndarray, count: bool = True) -> dict:
+    from edgenas.search.parallel import EvaluationPool, default_workers
+    workers = default_workers() if workers is None else workers
+    with ui.task("evaluating candidates", n_total) as advance, EvaluationPool(evaluator, workers) as pool:
+        def evaluate_new(genomes) -> None:
+            """Evaluate the genomes not in the archive yet (in parallel), appending them in the given order."""
             nonlocal new
-            key = space.key(genome)
-            if key not in cache:
-                t_eval = time.time()
-                record, _ = evaluator(genome)
+            missing, keys = [], set()
+            for g in genomes:
+                key = space.key(g)
+                if key not in cache and key not in keys:
+                    missing.append(g)
+                    keys.add(key)
+            for record in pool.imap(missing):
                 record["id"] = len(records)
-                record["eval_seconds"] = round(time.time() - t_eval, 3)
                 folder.append_record(record)
                 records.append(record)
-                cache[key] = record
+                cache[record["key"]] = record
                 new += 1
+
+        def evaluate_genome(genome: np.ndarray, count: bool = True) -> dict:
+            key = space.key(genome)
+            if key not in cache:
+                evaluate_new([genome])
             r = cache[key]
             if not count:
                 return r
@@ -201,7 +213,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
             return r
 
         run_nsga2(space, evaluate_genome, method, budgets, cfg.pop_size, cfg.n_gen, cfg.seed,
-                  archive=lambda: records)
+                  archive=lambda: records, prefetch=evaluate_new)
 
     method.refresh(records)
     members = pareto_members(records, method.objectives)
@@ -226,7 +238,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
 
 
 def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, n_gen: int, seed: int,
-              archive: Callable[[], list[dict]]) -> None:
+              archive: Callable[[], list[dict]], prefetch: Callable | None = None) -> None:
     """Ask/tell NSGA-II loop; the caller's evaluate_genome owns caching and archiving.
 
     Before each survival step the method may re-normalise its objectives over the archive (FlatNAS's alpha_norm);
@@ -242,6 +254,8 @@ def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, 
     algorithm.setup(problem, termination=("n_gen", n_gen), seed=seed, verbose=False)
     while algorithm.has_next():
         pop = algorithm.ask()
+        if prefetch is not None:  # evaluate the whole offspring at once (in parallel), in population order
+            prefetch([ind.X for ind in pop])
         algorithm.evaluator.eval(problem, pop)
         method.refresh(archive())
         for group in (pop, algorithm.pop if algorithm.pop is not None else []):
@@ -252,11 +266,13 @@ def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, 
 
 def _save_members(folder: RunFolder, space, evaluator, members: list[dict], data) -> None:
     """Re-evaluate each Pareto member (deterministic) and save its deployable checkpoint."""
+    from edgenas.search.parallel import single_thread
     for m in members:
         path = folder.checkpoint_path(m["id"])
         if path.is_file():
             continue
-        record, deployed = evaluator(np.array(m["genome"]))
+        with single_thread():  # as the workers evaluated it: the re-evaluation must reproduce the record
+            record, deployed = evaluator(np.array(m["genome"]))
         for k in ("test_accuracy", "val_accuracy", "thresholds", "macs_per_exit"):
             if record[k] != m[k]:
                 raise EdgenasError(f"candidate #{m['id']} did not re-evaluate to its archived {k} "
