@@ -1,6 +1,11 @@
 """How well the calibrated latency model predicts onnxruntime on this host (-> benchmarks/results/costmodel_host.json).
 
     nice -n 10 python benchmarks/costmodel_host.py [--mbv3 220] [--nb201 30] [--calib 100] [--seed 0]
+    python benchmarks/costmodel_host.py --reuse [--models-dir DIR]   # re-fit on the cached measurements (seconds)
+
+Measured latencies are written to benchmarks/results/costmodel_host_measurements.json; `--reuse` reads them back
+instead of measuring (the models are re-exported deterministically from the seed, or taken from --models-dir when
+it holds them), so the fit can be iterated on without re-measuring.
 
 1. Random architectures: `mbv3` backbones (no exits) and `nb201` networks (backbone + final head), random weights,
    exported to ONNX (opset 18, batch 1).
@@ -129,6 +134,48 @@ def ort_profile(path: str, res: int, prof_dir: Path, runs: int = 30) -> str:
     return sess.end_profiling()
 
 
+_KEY = ("seed", "mbv3", "nb201", "min_runs", "min_seconds")
+
+
+def _models(where: Path, args) -> list[dict]:
+    """The benchmark's models, exported to `where` (or taken from it when an earlier run left the same ones)."""
+    index = where / "models.json"
+    if index.is_file():
+        doc = json.loads(index.read_text())
+        if [doc.get(k) for k in _KEY[:3]] == [getattr(args, k) for k in _KEY[:3]] and \
+                all(Path(m["path"]).is_file() for m in doc["models"]):
+            return doc["models"]
+    where.mkdir(parents=True, exist_ok=True)
+    models = build_models(where, args.mbv3, args.nb201, args.seed)
+    index.write_text(json.dumps({**{k: getattr(args, k) for k in _KEY[:3]}, "models": models}, indent=1))
+    return models
+
+
+def _save(cache: Path, models: list[dict], args, ort_version: str) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"what": "measured onnxruntime latencies of benchmarks/costmodel_host.py (re-used with --reuse)",
+           "date": time.strftime("%Y-%m-%d"), "host": platform.node(), "cpu_count": os.cpu_count(),
+           "runtime": f"onnxruntime {ort_version} CPUExecutionProvider, 1 thread",
+           **{k: getattr(args, k) for k in _KEY},
+           "models": [{"file": Path(m["path"]).name, "family": m["family"], "arch": m["arch"],
+                       "resolution": m["resolution"], "latency_a_s": m["latency_a_s"], "latency_b_s": m["latency_b_s"]}
+                      for m in models]}
+    cache.write_text(json.dumps(doc, indent=1))
+
+
+def _reuse(cache: Path, models: list[dict], args) -> None:
+    if not cache.is_file():
+        raise SystemExit(f"--reuse: {cache} not found; run once without --reuse to measure")
+    doc = json.loads(cache.read_text())
+    if [doc.get(k) for k in _KEY[:3]] != [getattr(args, k) for k in _KEY[:3]] or len(doc["models"]) != len(models):
+        raise SystemExit(f"--reuse: {cache} was measured with other settings "
+                         f"({', '.join(f'{k}={doc.get(k)}' for k in _KEY[:3])})")
+    for m, c in zip(models, doc["models"]):
+        if (Path(m["path"]).name, m["arch"]) != (c["file"], c["arch"]):
+            raise SystemExit(f"--reuse: model {c['file']} ({c['arch']}) is not the one exported now ({m['arch']})")
+        m["latency_a_s"], m["latency_b_s"] = c["latency_a_s"], c["latency_b_s"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mbv3", type=int, default=220)
@@ -139,6 +186,10 @@ def main(argv=None) -> int:
     ap.add_argument("--min-runs", type=int, default=40)
     ap.add_argument("--min-seconds", type=float, default=0.12)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "costmodel_host.json"))
+    ap.add_argument("--measurements", default=str(ROOT / "benchmarks" / "results" / "costmodel_host_measurements.json"),
+                    help="cache of the measured latencies (written after measuring, read with --reuse)")
+    ap.add_argument("--reuse", action="store_true", help="take the latencies from --measurements, do not measure")
+    ap.add_argument("--models-dir", default=None, help="keep the exported models here (reused when they match)")
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -152,13 +203,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t_start = time.time()
     work = Path(tempfile.mkdtemp(prefix="edgenas-costmodel-"))
-    models = build_models(work, args.mbv3, args.nb201, args.seed)
+    models = _models(Path(args.models_dir) if args.models_dir else work, args)
     t_export = time.time() - t_start
     print(f"exported {len(models)} models in {t_export:.0f} s", file=sys.stderr)
 
-    for rep in ("a", "b"):  # two passes over all models: the second is the re-measurement
-        for m in models:
-            m[f"latency_{rep}_s"] = measure(m["path"], m["resolution"], args.min_runs, args.min_seconds)
+    cache = Path(args.measurements)
+    if args.reuse:
+        _reuse(cache, models, args)
+        print(f"reusing the latencies measured {json.loads(cache.read_text())['date']} from {cache}", file=sys.stderr)
+    else:
+        for rep in ("a", "b"):  # two passes over all models: the second is the re-measurement
+            for m in models:
+                m[f"latency_{rep}_s"] = measure(m["path"], m["resolution"], args.min_runs, args.min_seconds)
+        _save(cache, models, args, ort.__version__)
     for m in models:
         m["latency_s"] = 0.5 * (m["latency_a_s"] + m["latency_b_s"])
         g = cost.from_onnx(m["path"])
@@ -180,7 +237,7 @@ def main(argv=None) -> int:
         w = csv.writer(fh)
         w.writerow(["model", "latency_ms"])
         for m in calib:
-            w.writerow([os.path.basename(m["path"]), f"{m['latency_s'] * 1e3:.6f}"])
+            w.writerow([os.path.relpath(m["path"], work), f"{m['latency_s'] * 1e3:.6f}"])
     prof_dir = work / "profiles"
     prof_dir.mkdir()
     pairs = [f"{m['path']}={ort_profile(m['path'], m['resolution'], prof_dir)}" for m in calib]
@@ -198,6 +255,9 @@ def main(argv=None) -> int:
         for m, p in zip(test, pred):
             m[f"predicted_{variant}_s"] = p
         results[variant] = {"held_out": accuracy(measured, pred), "cv_on_calibration_set": cal.cv,
+                            "channel_block": cal.channel_block,
+                            "channel_block_cv_within_10pct": {str(b): cv["model"]["within_10pct"]
+                                                              for b, cv in sorted(cal.block_cv.items())},
                             "n_observations": cal.n_observations, "override_toml": path.read_text()}
         print(f"{variant}: held-out {results[variant]['held_out']}", file=sys.stderr)
     baseline = accuracy(measured, baseline_pred)
@@ -209,6 +269,7 @@ def main(argv=None) -> int:
         "host": {"node": platform.node(), "machine": platform.machine(), "processor": platform.processor(),
                  "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "runtime": runtime, "threads": 1, "base_target": args.target, "seed": args.seed,
+        "reused_measurements": str(cache) if args.reuse else None,
         "n_models": len(models), "n_mbv3": args.mbv3, "n_nb201": args.nb201,
         "n_calibration": len(calib), "n_held_out": len(test),
         "measurement": {"passes": 2, "min_runs": args.min_runs, "min_seconds": args.min_seconds,

@@ -72,8 +72,11 @@ def test_cli_analyze_json_on_the_if_model(if_model, capsys):
     assert doc["totals"]["latency_per_exit_s"] == pytest.approx(list(cost.predict_latency(g, t).per_exit_s))
     assert sum(r["macs"] for r in doc["layers"]) == doc["totals"]["macs_worst"]
     assert max(r["live_sram_bytes"] for r in doc["layers"]) <= doc["totals"]["activation_sram_bytes"]
-    assert doc["totals"]["peak_sram_bytes"] == cost.peak_sram_bytes(g) + t.workspace_bytes
-    assert doc["totals"]["flash_bytes"] == 4 * cost.total_params(g) + t.code_size_bytes
+    # activations + the runtime's RAM (kernel scratch, driver state) + stack/heap workspace
+    kernel_code, runtime_ram = cost.analysis.runtime_allowances(g, t, 4)
+    assert runtime_ram > 0 and kernel_code > 0
+    assert doc["totals"]["peak_sram_bytes"] == cost.peak_sram_bytes(g) + runtime_ram + t.workspace_bytes
+    assert doc["totals"]["flash_bytes"] == 4 * cost.total_params(g) + kernel_code + t.code_size_bytes
     assert set(doc["budgets"]) == {"latency_s", "sram_bytes", "flash_bytes", "macs"}
 
 

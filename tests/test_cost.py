@@ -452,3 +452,43 @@ def test_onnx_file_path_and_bad_files(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
     with pytest.raises(EdgenasError, match="cannot read .*junk.onnx as ONNX"):
         cost.from_onnx(tmp_path / "junk.onnx")
+
+
+def test_latency_kinds_refine_convs_and_mark_fused_layers():
+    from edgenas.cost.analysis import fused_layers, latency_kinds
+    g = cost.from_torch(InvertedResidual(8, 3).eval(), input_shape=(8, 8, 8))
+    kinds = latency_kinds(g)
+    by = dict(zip((layer.name for layer in g.layers), kinds))
+    assert by["seg0/expand"] == "conv1x1" and by["seg0/dw"] == "dwconv3"
+    assert by["seg0/act1"] == "act_fused"  # Conv+activation: one kernel on onnxruntime and TVM
+    assert kinds[-1] == "add_fused"        # the residual add after the project conv
+    assert fused_layers(g) == {n for n, k in by.items() if k.endswith("_fused")}
+    # with a channel block of 16 an 8-channel input is thin: onnxruntime convolves it on a separate path
+    assert latency_kinds(g, 16)[0] == "conv_narrow"
+
+
+def test_channel_block_pads_macs_and_activation_bytes():
+    from edgenas.cost.analysis import layer_features
+    g = cost.from_torch(InvertedResidual(8, 3).eval(), input_shape=(8, 8, 8))
+    expand = g.layers[0]                  # 1x1 conv 8 -> c_out on 8 x 8
+    c_out = expand.out_shape[0]
+    pad = -(-c_out // 16) * 16
+    calls, macs, b_in, b_out, b_w = layer_features(expand, 4, 16)
+    assert (calls, b_w) == (1, expand.params * 4)
+    assert macs == 16 * pad * 64 and b_in == 16 * 64 * 4 and b_out == pad * 64 * 4
+    assert layer_features(expand, 4) == layer_features(expand, 4, 1) == \
+        (1, expand.macs, 8 * 64 * 4, c_out * 64 * 4, expand.params * 4)
+
+
+def test_predict_latency_uses_refined_kinds_and_falls_back():
+    from dataclasses import replace
+
+    from edgenas.targets import KindCost
+    t = load_target("x86-host")
+    g = cost.from_torch(InvertedResidual(8, 3).eval(), input_shape=(8, 8, 8))
+    base = cost.predict_latency(g, t).worst_s  # no refined entries: conv1x1 -> conv, act_fused -> act, ...
+    free = KindCost(0.0, 0.0, 0.0)
+    t2 = replace(t, latency=replace(t.latency, kinds={**t.latency.kinds, "act_fused": free}))
+    n_fused = sum(k == "act_fused" for k in __import__("edgenas.cost.analysis", fromlist=["x"]).latency_kinds(g))
+    act = t.latency.kinds["act"]
+    assert n_fused >= 1 and cost.predict_latency(g, t2).worst_s < base - n_fused * act.fixed_cycles / t.clock_hz * 0.99

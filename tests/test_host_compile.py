@@ -187,3 +187,35 @@ def test_cli_compile_writes_the_build_report(model, tmp_path, capsys):
     doc = json.loads((out / "build.json").read_text())
     assert doc["target"] == "x86-host" and doc["check"]["passed"]
     assert (out / LIBRARY_FILE).is_file() and (out / "model.onnx").is_file()
+
+
+def test_tuning_plumbing_tunes_conv_and_matmul_kernels_only(model, tmp_path, monkeypatch):
+    """The MetaSchedule path without the minutes of measuring: tune_relax is replaced by an empty database, so the
+    build falls back to default schedules; what is checked is which tasks are tuned and with what trial budget."""
+    from tvm.s_tir import meta_schedule as ms
+
+    seen = {}
+
+    def fake_tune(mod, params, target, work_dir, max_trials_global, max_trials_per_task=None, op_names=None, **kw):
+        tasks = ms.relax_integration.extract_tasks(mod, target)
+        seen.update(total=max_trials_global, per_task=max_trials_per_task, op_names=op_names,
+                    tuned=[t.task_name for t in tasks if any(op in t.task_name for op in op_names)],
+                    num_cores=target.attrs["num-cores"], builder=kw["builder"])
+        return ms.database.MemoryDatabase()
+
+    monkeypatch.setattr(ms.relax_integration, "tune_relax", fake_tune)
+    export_dir, x_test = model
+    report = compile_host(export_dir, "x86-host", tmp_path / "tuned", tune_trials=30, test_inputs=x_test[:8])
+    assert report.tune_trials == 30 and report.check["passed"]
+    assert seen["total"] == 30 and seen["op_names"] == ["conv2d", "matmul"]
+    assert seen["tuned"] and all("conv2d" in n or "matmul" in n for n in seen["tuned"])
+    assert seen["per_task"] == max(4, 30 // len(seen["tuned"]))  # every tuned kernel gets its share
+    assert seen["num_cores"] >= 1
+
+
+def test_tuning_refuses_an_incompatible_tvm_ffi(model, tmp_path, monkeypatch):
+    import tvm_ffi
+    monkeypatch.setattr(tvm_ffi, "__version__", "0.1.15.post2")
+    with pytest.raises(EdgenasError, match="apache-tvm-ffi==0.1.14.post0"):
+        compile_host(model[0], "x86-host", tmp_path / "t", tune_trials=4)
+    assert _no_partial_output(tmp_path, "t")

@@ -82,7 +82,7 @@ def test_ssh_transport_uses_argument_lists_and_quotes_remote_arguments(monkeypat
         assert isinstance(cmd, list) and not kwargs.get("shell")
         seen.append(cmd)
         if "mktemp" in cmd[-1]:  # the board is down
-            return subprocess.CompletedProcess(cmd, 255, stdout="", stderr="ssh: connect to host board port 2222: refused")
+            return subprocess.CompletedProcess(cmd, 255, stdout="", stderr="ssh: connect to host board: refused")
         return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
 
     monkeypatch.setattr(subprocess, "run", fake_run)

@@ -47,6 +47,10 @@ def test_tiny_search_writes_a_complete_run_folder(tiny_run):
     records = read_archive(out)
     assert len(records) == result.evaluations >= TINY.pop_size
     assert [r["id"] for r in records] == list(range(len(records)))
+    from edgenas.spaces import create_space
+    space = create_space("mbv3")  # the sandwich rule's largest and smallest subnets anchor the first population
+    assert [records[0]["arch"], records[1]["arch"]] == [space.largest(exits=True).to_dict(),
+                                                        space.smallest(exits=True).to_dict()]
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and config["pop_size"] == TINY.pop_size and "torch" in config["versions"]
     pareto = json.loads((out / "pareto.json").read_text())

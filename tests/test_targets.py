@@ -234,3 +234,29 @@ def test_latency_override_file_extends_its_base(tmp_path):
     assert replace(t, name=base.name, latency=base.latency, provenance=base.provenance, source_path="") == \
         replace(base, source_path="")
     assert t.provenance == (*base.provenance, note)
+
+
+def test_refined_kinds_fall_back_and_channel_block_round_trips(tmp_path):
+    from edgenas.targets import KIND_FALLBACK
+    t = load_target("x86-host")
+    assert t.latency.channel_block == 1
+    assert t.latency.for_kind("conv1x1") is t.latency.kinds["conv"]
+    assert t.latency.for_kind("dwconv5") is t.latency.kinds["dwconv"]
+    assert t.latency.for_kind("act_fused") is t.latency.kinds["act"]
+    assert set(KIND_FALLBACK.values()) <= {"conv", "dwconv", "act", "add"}
+    text = ('extends = "x86-host"\nname = "blocked"\n[latency]\nchannel_block = 16\n'
+            '[latency.kinds.conv1x1]\nfixed_cycles = 1.0\ncycles_per_mac = 2.0\ncycles_per_byte = 0.0\n')
+    p = tmp_path / "blocked.toml"
+    p.write_text(text)
+    b = load_target(str(p))
+    assert b.latency.channel_block == 16 and b.latency.for_kind("conv1x1").cycles_per_mac == 2.0
+    assert b.latency.for_kind("conv").cycles_per_mac == t.latency.kinds["conv"].cycles_per_mac
+    again = tmp_path / "again.toml"
+    again.write_text(latency_override_toml("x86-host", "again", b.latency))
+    assert load_target(str(again)).latency == b.latency
+    p.write_text(text.replace("channel_block = 16", "channel_block = 0"))
+    with pytest.raises(EdgenasError, match="channel_block"):
+        load_target(str(p))
+    p.write_text(text.replace("conv1x1", "conv2x2"))
+    with pytest.raises(EdgenasError, match="not an operator kind"):
+        load_target(str(p))

@@ -28,6 +28,13 @@ TARGET_KINDS = ("mcu", "cortex-a", "host")
 LATENCY_DTYPES = ("float32", "int8")
 # Operator kinds of the cost model (edgenas.cost.Layer.kind) plus the fallback entry "default".
 OPERATOR_KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act", "reshape", "concat", "other")
+# Finer kinds the latency model may cost separately (edgenas.cost.analysis.latency_kinds), each with the kind whose
+# coefficients it falls back to: pointwise vs k x k convs, convs whose input has fewer channels than the model's
+# `channel_block` (the stem; on onnxruntime's NCHWc path they read plain NCHW input), depthwise convs by kernel size
+# (<= 3, <= 5, larger), and activations / residual adds fused into the conv kernel before them.
+KIND_FALLBACK = {"conv1x1": "conv", "conv_narrow": "conv", "dwconv3": "dwconv", "dwconv5": "dwconv",
+                 "dwconv7": "dwconv", "act_fused": "act", "add_fused": "add"}
+LATENCY_KINDS = (*OPERATOR_KINDS, *KIND_FALLBACK)
 
 
 # --------------------------------------------------------------------------------------------------- dataclasses
@@ -55,10 +62,16 @@ class LatencyModel:
     per_inference_cycles: float    # driver entry/exit, input copy
     per_exit_cycles: float         # evaluating one exit decision (sigmoid, survival product, compare)
     dtype: str                     # "float32" or "int8": the arithmetic the coefficients were measured for
+    channel_block: int = 1         # the runtime pads channels to a multiple of this (onnxruntime NCHWc: 8 or 16)
 
     def for_kind(self, kind: str) -> KindCost:
-        """The one place coefficients are looked up: the kind's own entry, else "default"."""
-        return self.kinds.get(kind) or self.kinds["default"]
+        """The one place coefficients are looked up: the kind's own entry, else the kind it refines
+        (KIND_FALLBACK, e.g. conv1x1 -> conv), else "default"."""
+        while kind is not None:
+            if kind in self.kinds:
+                return self.kinds[kind]
+            kind = KIND_FALLBACK.get(kind)
+        return self.kinds["default"]
 
 
 @dataclass(frozen=True)
@@ -391,8 +404,8 @@ def _latency(lat: _Reader) -> LatencyModel:
     kinds_r = lat.table_of("kinds", required=True)
     kinds = {}
     for kind in kinds_r.table:
-        if kind not in (*OPERATOR_KINDS, "default"):
-            raise kinds_r.fail(kind, "is not an operator kind", f"use one of default, {', '.join(OPERATOR_KINDS)}")
+        if kind not in (*LATENCY_KINDS, "default"):
+            raise kinds_r.fail(kind, "is not an operator kind", f"use one of default, {', '.join(LATENCY_KINDS)}")
         c = kinds_r.table_of(kind)
         kinds[kind] = KindCost(fixed_cycles=c.number("fixed_cycles", required=True, example="200"),
                                cycles_per_mac=c.number("cycles_per_mac", required=True, example="4.0"),
@@ -406,9 +419,20 @@ def _latency(lat: _Reader) -> LatencyModel:
     model = LatencyModel(kinds=kinds,
                          per_inference_cycles=lat.number("per_inference_cycles", required=True, example="2000"),
                          per_exit_cycles=lat.number("per_exit_cycles", required=True, example="300"),
-                         dtype=lat.string("dtype", required=True, choices=LATENCY_DTYPES))
+                         dtype=lat.string("dtype", required=True, choices=LATENCY_DTYPES),
+                         channel_block=_channel_block(lat))
     lat.done()
     return model
+
+
+def _channel_block(lat: _Reader) -> int:
+    v = lat.raw("channel_block", False, "16")
+    if v is None:
+        return 1
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
+        raise lat.fail("channel_block", f"must be an integer from 1 to 256, got {v!r}",
+                       "e.g. channel_block = 16 (onnxruntime NCHWc on AVX-512), 1 for no channel padding")
+    return v
 
 
 def _provenance(r: _Reader) -> tuple[Provenance, ...]:
@@ -482,6 +506,8 @@ def _latency_lines(model: LatencyModel) -> list[str]:
     _put(lines, "dtype", model.dtype)
     _put(lines, "per_inference_cycles", model.per_inference_cycles)
     _put(lines, "per_exit_cycles", model.per_exit_cycles)
+    if model.channel_block != 1:
+        _put(lines, "channel_block", model.channel_block)
     for kind, c in model.kinds.items():
         lines += ["", f"[latency.kinds.{kind}]"]
         _put(lines, "fixed_cycles", c.fixed_cycles)

@@ -66,6 +66,7 @@ DEFAULT_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # random inputs at 
 RELAX_ENTRY = "main"
 TUNED_OPS = ("conv2d", "matmul")  # the kernels worth MetaSchedule trials; the others keep their default schedule
 TUNING_TIMEOUT_S = 300.0
+MIN_TRIALS_PER_TASK = 4
 TUNING_TVM_FFI = "0.1.14.post0"  # newer apache-tvm-ffi segfaults in MetaSchedule (tvm::ffi::ToJSONGraph)
 
 
@@ -251,8 +252,8 @@ def build_relax(mod, tvm_target: Mapping[str, Any], tune_trials: int, work_dir: 
         fused = fuse(mod)
     tasks = [task for task in ms.relax_integration.extract_tasks(fused, target)
              if any(op in task.task_name for op in TUNED_OPS)]
-    if not max_trials_per_task:  # spread the trials over the tuned kernels, twice the fair share
-        max_trials_per_task = max(8, -(-2 * int(tune_trials) // max(len(tasks), 1)))
+    if not max_trials_per_task:  # an equal share each: every tuned kernel gets trials (one search round each)
+        max_trials_per_task = max(MIN_TRIALS_PER_TASK, int(tune_trials) // max(len(tasks), 1))
     max_trials_per_task = min(int(max_trials_per_task), int(tune_trials))
     try:
         database = ms.relax_integration.tune_relax(
@@ -273,22 +274,23 @@ def build_relax(mod, tvm_target: Mapping[str, Any], tune_trials: int, work_dir: 
 
 
 # ------------------------------------------------------------------------------------------------ checks
-def run_library(library: Path, x: np.ndarray, relax_funcs: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def run_library(library: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Run every input through the VM library (this machine's architecture): logits, exits, kernel calls per input.
 
-    Kernel calls are counted with a VM instrument: every called function that is neither a VM builtin (`vm.*`)
-    nor one of `relax_funcs` (the stage / exit-chain functions) is a TIR kernel.
+    Kernel calls are counted with a VM instrument: a called function is a TIR kernel when the library's compiled
+    code implements it (VM builtins `vm.*` and the Relax stage / exit-chain functions are not kernels).
     """
     import tvm
     from tvm import relax
 
     dev = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), dev)
-    skip = set(relax_funcs) | {RELAX_ENTRY}
+    lib = tvm.runtime.load_module(str(library))
+    kernels = lib.imports[0] if lib.imports else lib
+    vm = relax.VirtualMachine(lib, dev)
     calls = [0]
 
     def count(func, name, before_run, ret, *args):
-        if before_run and not name.startswith("vm.") and name not in skip:
+        if before_run and not name.startswith("vm.") and kernels.implements_function(name):
             calls[0] += 1
         return relax.VMInstrumentReturnKind.NO_OP
 
@@ -311,13 +313,14 @@ def _agreement(logits, exits, ref_logits, ref_exits) -> dict:
             "passed": bool(len(exits)) and bool(same.all()) and diff <= LOGIT_TOLERANCE}
 
 
-def check_host_library(library: Path, x, ref_logits, ref_exits, relax_funcs) -> dict:
-    logits, exits, n_calls = run_library(library, x, relax_funcs)
+def check_host_library(library: Path, x, ref_logits, ref_exits) -> dict:
+    logits, exits, n_calls = run_library(library, x)
     check = {"ran": True, "method": "tvm-relax-vm on this machine", **_agreement(logits, exits, ref_logits, ref_exits)}
     per_exit: dict[int, set[int]] = {}
     for e, c in zip(exits.tolist(), n_calls):
         per_exit.setdefault(e, set()).add(c)
-    check["kernel_calls_per_exit"] = {str(e): sorted(v)[0] if len(v) == 1 else sorted(v) for e, v in sorted(per_exit.items())}
+    check["kernel_calls_per_exit"] = {str(e): sorted(v)[0] if len(v) == 1 else sorted(v)
+                                      for e, v in sorted(per_exit.items())}
     return check
 
 
@@ -451,7 +454,7 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
     x = _test_inputs(test_inputs if test_inputs is not None else default_test_inputs(src.input_shape),
                      src.input_shape)
     ref_logits, ref_exits = reference_outputs(src, x)
-    mod, relax_funcs = compose_relax(src, stage_models)
+    mod, _ = compose_relax(src, stage_models)
     tvm_target = tvm_target_for(target)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -476,7 +479,7 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
             check = run_static_check(exe, cross[1], ref_logits, ref_exits, qemu_timeout_s)
             arch = cross[1].split("-")[0]
         else:
-            check = check_host_library(library, x, ref_logits, ref_exits, relax_funcs)
+            check = check_host_library(library, x, ref_logits, ref_exits)
             arch = os.uname().machine
         if check.get("ran") and not check["passed"]:
             raise EdgenasError(
@@ -488,7 +491,8 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
             format=FORMAT, project_dir=str(out_dir), target=target.name, target_kind=target.kind,
             tvm_target=tvm_target, library=LIBRARY_FILE, library_arch=arch, onnx_model=ONNX_FILE,
             n_stages=len(src.stages), n_classes=src.n_classes, input_shape=tuple(src.input_shape),
-            thresholds=tuple(src.thresholds), tune_trials=int(tune_trials), tuning_seconds=round(build_s if tune_trials else 0.0, 2),
+            thresholds=tuple(src.thresholds), tune_trials=int(tune_trials),
+            tuning_seconds=round(build_s if tune_trials else 0.0, 2),
             compile_seconds=round(compile_s, 2), n_test_inputs=int(x.shape[0]), check=check,
             source=str(Path(model_path).resolve()))
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -511,7 +515,8 @@ def load_build_report(build_dir) -> dict:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise EdgenasError(f"{path} not found", "build the library with `edgenas compile MODEL --target T` first") from None
+        raise EdgenasError(f"{path} not found",
+                           "build the library with `edgenas compile MODEL --target T` first") from None
     except json.JSONDecodeError as exc:
         raise EdgenasError(f"{path} is not valid JSON ({exc.msg})", "re-run `edgenas compile`") from None
     if doc.get("format") != FORMAT:

@@ -215,27 +215,109 @@ def layer_bytes(layer: Layer, bytes_per_element: int) -> int:
 
 
 FEATURES = ("calls", "macs", "input_bytes", "output_bytes", "weight_bytes")
+_FUSING_KINDS = ("conv", "dwconv")  # kernels that absorb a following activation / residual add
+_IMAGE_CHANNELS = 4                 # a conv input with at most this many channels is an image (not channel-padded)
 
 
-def layer_features(layer: Layer, bytes_per_element: int) -> tuple[int, int, int, int, int]:
+def _padded(shape, channel_block: int) -> int:
+    """Elements of an activation (C, H, W) with C rounded up to the channel block (other ranks: as they are)."""
+    if channel_block > 1 and len(shape) == 3:
+        return -(-int(shape[0]) // channel_block) * channel_block * int(shape[1]) * int(shape[2])
+    return numel(shape)
+
+
+def _padded_macs(layer: Layer, channel_block: int) -> int:
+    """MACs with channels rounded up to the block, as a runtime that pads them computes (onnxruntime's NCHWc
+    convolutions: zero-padded filters). An image-like input (<= 4 channels, the stem) is not padded; thin inputs
+    (e.g. 8 or 12 channels at block 16) are: held-out fits on onnxruntime 1.32 / AVX-512 were better so (96% vs
+    93% of models within +-10% in 5-fold CV)."""
+    if channel_block <= 1 or layer.kind not in ("conv", "dwconv") or not layer.in_shapes or not layer.macs:
+        return layer.macs
+    c_out = int(layer.out_shape[0])
+    pad_out = -(-c_out // channel_block) * channel_block
+    if layer.kind == "dwconv":
+        return layer.macs * pad_out // c_out
+    c_in = int(layer.in_shapes[0][0])
+    pad_in = -(-c_in // channel_block) * channel_block if c_in > _IMAGE_CHANNELS else c_in
+    return layer.macs * pad_in * pad_out // (c_in * c_out)
+
+
+def layer_features(layer: Layer, bytes_per_element: int, channel_block: int = 1) -> tuple[int, int, int, int, int]:
     """What the latency model sees of a layer (in the order of FEATURES): 1 call, MACs, activation bytes read,
-    activation bytes written, weight bytes. Calibration fits one non-negative coefficient per kind and feature."""
-    return (1, layer.macs, sum(numel(s) for s in layer.in_shapes) * bytes_per_element,
-            numel(layer.out_shape) * bytes_per_element, layer.params * bytes_per_element)
+    activation bytes written, weight bytes. Calibration fits one non-negative coefficient per kind and feature.
+    With channel_block > 1 (a runtime that pads channels, LatencyModel.channel_block) MACs and activation bytes are
+    counted on the padded channels."""
+    return (1, _padded_macs(layer, channel_block),
+            sum(_padded(s, channel_block) for s in layer.in_shapes) * bytes_per_element,
+            _padded(layer.out_shape, channel_block) * bytes_per_element, layer.params * bytes_per_element)
 
 
-def layer_cycles(layer: Layer, model) -> float:
+def fused_layers(g: CostGraph) -> set[str]:
+    """Names of the activations and residual adds a runtime fuses into the conv kernel before them (onnxruntime's
+    Conv+activation and NCHWc Conv+Sum(+Relu) fusions, TVM's fused conv kernels): an activation whose input is a
+    conv output (the conv's only reader, no activation fused yet), an add whose input is such a conv output with
+    neither an activation nor an add fused yet."""
+    readers: dict[str, int] = {}
+    for layer in g.layers:
+        for t in layer.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    kernel: dict[str, tuple[bool, bool]] = {}  # conv output tensor -> (activation fused, add fused)
+    fused = set()
+    for layer in g.layers:
+        if layer.kind in _FUSING_KINDS:
+            kernel[layer.output] = (False, False)
+        elif layer.kind in ("act", "add"):
+            for t in layer.inputs:
+                state = kernel.get(t)
+                if state is None or readers.get(t, 0) != 1 or state[0]:
+                    continue
+                if layer.kind == "act" and len(layer.inputs) == 1:
+                    fused.add(layer.name)
+                    kernel[layer.output] = (True, state[1])
+                    break
+                if layer.kind == "add" and len(layer.inputs) == 2 and not state[1]:
+                    fused.add(layer.name)
+                    kernel[layer.output] = (False, True)
+                    break
+    return fused
+
+
+def latency_kind(layer: Layer, channel_block: int = 1, fused: bool = False) -> str:
+    """The latency model's kind of a layer (edgenas.targets.LATENCY_KINDS): the layer kind refined where runtimes
+    behave differently; a kind without coefficients of its own falls back to the layer kind (KIND_FALLBACK)."""
+    if layer.kind == "conv" and layer.in_shapes and len(layer.in_shapes[0]) == 3:
+        if layer.in_shapes[0][0] < channel_block:
+            return "conv_narrow"
+        return "conv1x1" if conv_kernel_size(layer) == 1 else "conv"
+    if layer.kind == "dwconv" and layer.in_shapes:
+        k = conv_kernel_size(layer)
+        return "dwconv3" if k <= 3 else "dwconv5" if k <= 5 else "dwconv7"
+    if fused and layer.kind in ("act", "add"):
+        return f"{layer.kind}_fused"
+    return layer.kind
+
+
+def latency_kinds(g: CostGraph, channel_block: int = 1) -> list[str]:
+    """latency_kind of every layer of g (aligned with g.layers)."""
+    fused = fused_layers(g)
+    return [latency_kind(layer, channel_block, layer.name in fused) for layer in g.layers]
+
+
+def layer_cycles(layer: Layer, model, kind: str | None = None) -> float:
     """cycles = fixed + per_mac * MACs + per_byte * bytes moved + per_input_byte * bytes read + per_output_byte *
-    bytes written + per_weight_byte * weight bytes (coefficients per layer kind, see edgenas.targets.KindCost)."""
-    c = model.for_kind(layer.kind)
-    _, macs, b_in, b_out, b_w = layer_features(layer, BYTES_PER_ELEMENT[model.dtype])
+    bytes written + per_weight_byte * weight bytes (coefficients per latency kind, see edgenas.targets.KindCost;
+    `kind` from latency_kinds, default: the layer's own kind refined without the graph's fusion context)."""
+    block = getattr(model, "channel_block", 1)
+    c = model.for_kind(kind or latency_kind(layer, block))
+    _, macs, b_in, b_out, b_w = layer_features(layer, BYTES_PER_ELEMENT[model.dtype], block)
     return c.fixed_cycles + c.cycles_per_mac * macs + c.cycles_per_byte * (b_in + b_out + b_w) + \
         c.cycles_per_input_byte * b_in + c.cycles_per_output_byte * b_out + c.cycles_per_weight_byte * b_w
 
 
 def predict_latency(g: CostGraph, target) -> LatencyPrediction:
     model = target.latency
-    cycles = [layer_cycles(layer, model) for layer in g.layers]
+    kinds = latency_kinds(g, getattr(model, "channel_block", 1))
+    cycles = [layer_cycles(layer, model, kind) for layer, kind in zip(g.layers, kinds)]
     cumulative = _per_exit(g, cycles)
     per_exit = tuple((c + model.per_inference_cycles + (i + 1) * model.per_exit_cycles) / target.clock_hz
                      for i, c in enumerate(cumulative))
@@ -255,10 +337,11 @@ def layer_table(g: CostGraph, target) -> list[dict]:
     pred = predict_latency(g, target)
     width = BYTES_PER_ELEMENT[target.latency.dtype]
     live = sram_timeline(g, width)
+    kinds = latency_kinds(g, target.latency.channel_block)
     rows = []
-    for layer, cycles, seconds, live_bytes in zip(g.layers, pred.layer_cycles, pred.layer_s, live):
+    for layer, cycles, seconds, live_bytes, lkind in zip(g.layers, pred.layer_cycles, pred.layer_s, live, kinds):
         _, _, b_in, b_out, b_w = layer_features(layer, width)
-        rows.append(dict(name=layer.name, kind=layer.kind, part=layer.part, index=layer.index,
+        rows.append(dict(name=layer.name, kind=layer.kind, latency_kind=lkind, part=layer.part, index=layer.index,
                          in_shapes=[list(s) for s in layer.in_shapes], out_shape=list(layer.out_shape),
                          macs=layer.macs, params=layer.params, input_bytes=b_in, output_bytes=b_out, weight_bytes=b_w,
                          bytes_moved=layer_bytes(layer, width), live_sram_bytes=live_bytes, cycles=cycles,

@@ -46,8 +46,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from edgenas.cost.analysis import BYTES_PER_ELEMENT, FEATURES, layer_features, macs_per_exit
-from edgenas.cost.graph import LAYER_KINDS, CostGraph
+from edgenas.cost.analysis import BYTES_PER_ELEMENT, FEATURES, latency_kinds, layer_features, macs_per_exit
+from edgenas.cost.graph import CostGraph
 from edgenas.errors import EdgenasError
 
 PROFILE_FORMAT = "edgenas-profile/1"
@@ -55,6 +55,8 @@ KIND_FIELDS = ("fixed_cycles", "cycles_per_mac", "cycles_per_input_byte", "cycle
                "cycles_per_weight_byte")  # aligned with FEATURES
 _FUSED_INTO_PRODUCER = ("act", "add", "mul", "reshape")  # kinds ORT folds into the kernel before them
 _CSV_UNITS = {"latency_s": 1.0, "latency_ms": 1e-3, "latency_us": 1e-6}
+# channel blocks `calibrate` picks from by cross-validation (onnxruntime NCHWc pads to 8 on AVX2, 16 on AVX-512)
+CHANNEL_BLOCKS = (1, 8, 16)
 
 
 # ------------------------------------------------------------------------------------------------ observations
@@ -93,12 +95,16 @@ def _add(a: Sequence[float], b: Sequence[float]) -> tuple[float, ...]:
     return tuple(x + y for x, y in zip(a, b))
 
 
-def graph_features(g: CostGraph, bytes_per_element: int, layers=None) -> dict[str, tuple[float, ...]]:
-    """kind -> summed layer_features over the given layers (default: all layers, i.e. the worst-case path)."""
+def graph_features(g: CostGraph, bytes_per_element: int, layers=None, channel_block: int = 1
+                   ) -> dict[str, tuple[float, ...]]:
+    """latency kind -> summed layer_features over the given layers (default: all layers, i.e. the worst-case
+    path). Kinds are edgenas.cost.analysis.latency_kinds of the whole graph (fusion needs the graph's context)."""
+    kinds = dict(zip((layer.name for layer in g.layers), latency_kinds(g, channel_block)))
     out: dict[str, tuple[float, ...]] = {}
     for layer in (g.layers if layers is None else layers):
-        f = layer_features(layer, bytes_per_element)
-        out[layer.kind] = _add(out.get(layer.kind, (0,) * len(FEATURES)), f)
+        f = layer_features(layer, bytes_per_element, channel_block)
+        kind = kinds[layer.name]
+        out[kind] = _add(out.get(kind, (0,) * len(FEATURES)), f)
     return out
 
 
@@ -121,18 +127,27 @@ def _positive_time(value, where: str, what: str) -> float:
     return float(value)
 
 
+_GRAPHS: dict[tuple[str, int, int], CostGraph] = {}  # (path, mtime_ns, size) -> graph: calibrate reads each model once
+
+
 def _graph(path: Path, where: str) -> CostGraph:
     from edgenas.cost.onnx_frontend import from_onnx
 
     if not path.is_file():
         raise _bad(where, f"model file {path} not found", "paths are relative to the profile / CSV file")
-    try:
-        return from_onnx(str(path))
-    except EdgenasError as exc:
-        raise _bad(where, f"model {path.name}: {exc.problem}", exc.fix) from None
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _GRAPHS:
+        try:
+            _GRAPHS[key] = from_onnx(str(path))
+        except EdgenasError as exc:
+            raise _bad(where, f"model {path.name}: {exc.problem}", exc.fix) from None
+        if len(_GRAPHS) > 4096:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+    return _GRAPHS[key]
 
 
-def read_csv(path: Path, bpe: int) -> Measurements:
+def read_csv(path: Path, bpe: int, channel_block: int = 1) -> Measurements:
     """End-to-end measurements: a header with `model` and one of latency_s / latency_ms / latency_us."""
     path = Path(path)
     try:
@@ -165,19 +180,22 @@ def read_csv(path: Path, bpe: int) -> Measurements:
         if model_path not in graphs:
             graphs[model_path] = _graph(model_path, where)
         g = graphs[model_path]
-        feats = graph_features(g, bpe)
+        feats = graph_features(g, bpe, channel_block=channel_block)
         key = str(model_path)
         out.observations.append(Observation(key, seconds, feats, overhead=1, exits=g.n_exits))
         out.totals.append(ModelTotal(key, seconds, feats, 1, g.n_exits, macs_per_exit(g)[-1]))
     return out
 
 
-def _layer_entry(e, where: str, g: CostGraph | None, by_name: dict, bpe: int) -> dict[str, tuple[float, ...]]:
+def _layer_entry(e, where: str, g: CostGraph | None, by_name: dict, bpe: int, channel_block: int = 1
+                 ) -> dict[str, tuple[float, ...]]:
     if not isinstance(e, dict):
         raise _bad(where, "must be an object", 'e.g. {"name": "conv1", "latency_s": 2e-4}')
     if "kind" in e:
-        if e["kind"] not in LAYER_KINDS:
-            raise _bad(where, f"kind {e['kind']!r} is not a layer kind", f"use one of {', '.join(LAYER_KINDS)}")
+        from edgenas.targets import LATENCY_KINDS
+
+        if e["kind"] not in LATENCY_KINDS:
+            raise _bad(where, f"kind {e['kind']!r} is not a layer kind", f"use one of {', '.join(LATENCY_KINDS)}")
         vals = []
         for f in FEATURES[1:]:
             v = e.get(f, 0)
@@ -194,10 +212,10 @@ def _layer_entry(e, where: str, g: CostGraph | None, by_name: dict, bpe: int) ->
     missing = [n for n in names if n not in by_name]
     if missing:
         raise _bad(where, f"layer {missing[0]!r} is not a layer of the model", "use the names `edgenas analyze` prints")
-    return graph_features(g, bpe, [by_name[n] for n in names])
+    return graph_features(g, bpe, [by_name[n] for n in names], channel_block)
 
 
-def read_profile_json(path: Path, bpe: int, doc=None) -> Measurements:
+def read_profile_json(path: Path, bpe: int, doc=None, channel_block: int = 1) -> Measurements:
     """An edgenas-profile/1 file (see the module docstring)."""
     path = Path(path)
     if doc is None:
@@ -235,19 +253,20 @@ def read_profile_json(path: Path, bpe: int, doc=None) -> Measurements:
         parts, layer_sum = [], 0.0
         for j, e in enumerate(layers):
             w = f"{where}.layers[{j}]"
-            feats = _layer_entry(e, w, g, by_name, bpe)
+            feats = _layer_entry(e, w, g, by_name, bpe, channel_block)
             seconds = _positive_time(e.get("latency_s") if isinstance(e, dict) else None, w, "latency_s")
             out.observations.append(Observation(key, seconds, feats))
             parts.append(feats)
             layer_sum += seconds
-        _finish_model(out, key, g, bpe, parts, layer_sum, total, where)
+        _finish_model(out, key, g, bpe, parts, layer_sum, total, where, channel_block)
     return out
 
 
-def _finish_model(out: Measurements, key: str, g, bpe: int, parts, layer_sum: float, total, where: str) -> None:
+def _finish_model(out: Measurements, key: str, g, bpe: int, parts, layer_sum: float, total, where: str,
+                  channel_block: int = 1) -> None:
     """The overhead observation (whole time minus the layers) and the model's total for cross-validation."""
     if g is not None and (total is not None or not parts):
-        feats, exits, macs = graph_features(g, bpe), g.n_exits, macs_per_exit(g)[-1]
+        feats, exits, macs = graph_features(g, bpe, channel_block=channel_block), g.n_exits, macs_per_exit(g)[-1]
     else:
         feats, exits = _merge_features(parts), 0
         macs = int(sum(v[1] for v in feats.values()))
@@ -275,7 +294,7 @@ def _load_json(path: Path):
         raise _bad(str(path), f"is not valid JSON: {msg}", "pass the file the profiler wrote, unmodified") from None
 
 
-def read_ort_profile(model_path: Path, profile_path: Path, bpe: int) -> Measurements:
+def read_ort_profile(model_path: Path, profile_path: Path, bpe: int, channel_block: int = 1) -> Measurements:
     """onnxruntime's profile JSON (SessionOptions.enable_profiling) of runs of `model_path`."""
     profile_path, model_path = Path(profile_path), Path(model_path)
     events = _load_json(profile_path)
@@ -315,13 +334,13 @@ def read_ort_profile(model_path: Path, profile_path: Path, bpe: int) -> Measurem
         seconds = sum(node_s[n] for n in nodes)
         if seconds <= 0:
             continue
-        feats = graph_features(g, bpe, layers)
+        feats = graph_features(g, bpe, layers, channel_block)
         out.observations.append(Observation(key, seconds, feats))
         parts.append(feats)
         layer_sum += seconds
     # model_run is not used as the whole-inference time: with profiling on, ORT's per-node bookkeeping inflates
     # it (and every kernel time is rounded to whole microseconds), so only kernel times are observations.
-    _finish_model(out, key, g, bpe, parts, layer_sum, None, where)
+    _finish_model(out, key, g, bpe, parts, layer_sum, None, where, channel_block)
     return out
 
 
@@ -361,7 +380,7 @@ def _ort_groups(g: CostGraph, nodes: Sequence[str]) -> list[tuple[list, list[str
     return [(members[a], anchor_nodes[a]) for a in anchors]
 
 
-def read_measurements(sources: Sequence[str], bpe: int) -> Measurements:
+def read_measurements(sources: Sequence[str], bpe: int, channel_block: int = 1) -> Measurements:
     """Every source: `*.csv`, an edgenas-profile/1 `*.json`, or `MODEL.onnx=ORT_PROFILE.json`."""
     if not sources:
         raise EdgenasError("no profiles given", "pass per-layer profile JSON files, MODEL.onnx=ORT.json pairs or a CSV")
@@ -370,15 +389,15 @@ def read_measurements(sources: Sequence[str], bpe: int) -> Measurements:
         src = str(src)
         if "=" in src and src.split("=", 1)[0].endswith(".onnx"):
             model, prof = src.split("=", 1)
-            m = read_ort_profile(Path(model), Path(prof), bpe)
+            m = read_ort_profile(Path(model), Path(prof), bpe, channel_block)
         elif src.lower().endswith(".csv"):
-            m = read_csv(Path(src), bpe)
+            m = read_csv(Path(src), bpe, channel_block)
         else:
             doc = _load_json(Path(src))
             if isinstance(doc, list) or (isinstance(doc, dict) and "traceEvents" in doc):
                 raise _bad(src, "is an onnxruntime profile without its model",
                            f"pass it as MODEL.onnx={src}")
-            m = read_profile_json(Path(src), bpe, doc)
+            m = read_profile_json(Path(src), bpe, doc, channel_block)
         merged.observations += m.observations
         merged.totals += m.totals
         merged.sources += m.sources
@@ -530,8 +549,9 @@ def cross_validate(meas: Measurements, per_exit_s: float = 0.0, k: int = 5, seed
 
 
 # ------------------------------------------------------------------------------------------------ target model
-def latency_model(fitted: Fit, base_model, clock_hz: float):
-    """The base target's LatencyModel with the fitted kinds replaced (coefficients in cycles at clock_hz)."""
+def latency_model(fitted: Fit, base_model, clock_hz: float, channel_block: int | None = None):
+    """The base target's LatencyModel with the fitted kinds replaced (coefficients in cycles at clock_hz) and the
+    channel block the features were computed with (default: the base's)."""
     from edgenas.targets import KindCost, LatencyModel
 
     kinds = dict(base_model.kinds)
@@ -539,8 +559,9 @@ def latency_model(fitted: Fit, base_model, clock_hz: float):
         kinds[kind] = KindCost(fixed_cycles=coef[0] * clock_hz, cycles_per_mac=coef[1] * clock_hz, cycles_per_byte=0.0,
                                cycles_per_input_byte=coef[2] * clock_hz, cycles_per_output_byte=coef[3] * clock_hz,
                                cycles_per_weight_byte=coef[4] * clock_hz)
+    block = base_model.channel_block if channel_block is None else channel_block
     return LatencyModel(kinds=kinds, per_inference_cycles=fitted.per_inference_s * clock_hz,
-                        per_exit_cycles=base_model.per_exit_cycles, dtype=base_model.dtype)
+                        per_exit_cycles=base_model.per_exit_cycles, dtype=base_model.dtype, channel_block=block)
 
 
 @dataclass(frozen=True)
@@ -556,11 +577,16 @@ class Calibration:
     runtime: str
     threads: int | None
     toml: str                   # the override file's text
+    channel_block: int = 1      # the one the model uses (chosen by cross-validation unless given)
+    block_cv: Mapping[int, dict] = field(default_factory=dict)  # candidate channel block -> its cross_validate
 
     def summary(self) -> str:
         lines = [f"calibrated '{self.target}' on {self.n_models} models ({self.n_observations} observations; "
                  f"device: {self.device or 'unknown'}, runtime: {self.runtime or 'unknown'}, "
-                 f"threads: {self.threads or 'unknown'})"]
+                 f"threads: {self.threads or 'unknown'}); channel block {self.channel_block}"]
+        if len(self.block_cv) > 1:
+            lines.append("channel block chosen by cross-validation: " + ", ".join(
+                f"{b}: {cv['model']['within_10pct']:.1f}% within +-10%" for b, cv in sorted(self.block_cv.items())))
         if self.cv is None:
             lines.append("cross-validation needs at least 3 models: no held-out error reported")
         else:
@@ -573,24 +599,51 @@ class Calibration:
         return "\n".join(lines)
 
 
+def _cv_rank(cv: dict | None) -> tuple:
+    if cv is None:
+        return (0.0, 0.0, 0.0)
+    m = cv["model"]
+    return (m["within_10pct"], m["within_5pct"], -m["median_abs_rel_error"])
+
+
 def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "", threads: int | None = None,
-              name: str | None = None, extends: str | None = None, k: int = 5) -> Calibration:
-    """Fit `target`'s latency model (a loaded edgenas.targets.Target) from measurement files; nothing is written."""
+              name: str | None = None, extends: str | None = None, k: int = 5,
+              channel_block: int | None = None) -> Calibration:
+    """Fit `target`'s latency model (a loaded edgenas.targets.Target) from measurement files; nothing is written.
+
+    channel_block: the runtime's channel padding (LatencyModel.channel_block). None: the candidates CHANNEL_BLOCKS
+    and the target's own are each fitted and the one with the best K-fold held-out accuracy is kept (the target's
+    own when fewer than 3 models leave no cross-validation)."""
     from edgenas.targets import Provenance, latency_override_toml
 
     bpe = BYTES_PER_ELEMENT[target.latency.dtype]
-    meas = read_measurements(sources, bpe)
     per_exit_s = target.latency.per_exit_cycles / target.clock_hz
+    own = target.latency.channel_block
+    candidates = [channel_block] if channel_block is not None else sorted({own, *CHANNEL_BLOCKS})
+    tried: dict[int, tuple] = {}
+    for block in candidates:
+        meas = read_measurements(sources, bpe, block)
+        cv = cross_validate(meas, per_exit_s, k)
+        tried[block] = (meas, cv)
+        if cv is None:  # too few models to compare: keep the given / the target's block
+            candidates = [channel_block if channel_block is not None else own]
+            if candidates[0] != block:
+                meas = read_measurements(sources, bpe, candidates[0])
+                tried = {candidates[0]: (meas, None)}
+            break
+    block = max(tried, key=lambda b: (_cv_rank(tried[b][1]), b == own, -b))
+    meas, cv = tried[block]
     fitted = fit(meas.observations, per_exit_s)
-    cv = cross_validate(meas, per_exit_s, k)
-    model = latency_model(fitted, target.latency, target.clock_hz)
+    model = latency_model(fitted, target.latency, target.clock_hz, block)
     device = device or meas.device
     runtime = runtime or meas.runtime
     threads = threads or meas.threads
     n_models = len({t.model for t in meas.totals})
+    chosen = f" (chosen by cross-validation among {', '.join(map(str, sorted(tried)))})" if len(tried) > 1 else ""
     notes = (f"fitted by edgenas calibrate: non-negative per-kind coefficients (calls, MACs, input/output/weight "
              f"bytes), Huber-reweighted NNLS on relative error, {len(meas.observations)} observations from "
-             f"{n_models} models ({', '.join(sorted(fitted.kinds))}); per_exit_cycles kept from the base.")
+             f"{n_models} models ({', '.join(sorted(fitted.kinds))}); channels padded to a multiple of {block}"
+             f"{chosen}; per_exit_cycles kept from the base.")
     if cv is not None:
         m, b = cv["model"], cv["macs_only"]
         notes += (f" {cv['folds']}-fold CV on held-out models: {m['within_10pct']:.1f}% within +-10%, "
@@ -604,7 +657,8 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
     text = latency_override_toml(extends or target.name, new_name, model, [prov])
     return Calibration(target=target.name, latency=model, fit=fitted, cv=cv, n_models=n_models,
                        n_observations=len(meas.observations), sources=tuple(meas.sources), device=device,
-                       runtime=runtime, threads=threads, toml=text)
+                       runtime=runtime, threads=threads, toml=text, channel_block=block,
+                       block_cv={b: c for b, (_, c) in tried.items() if c is not None})
 
 
 def write_override(cal: Calibration, out: Path) -> Path:

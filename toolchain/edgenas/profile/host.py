@@ -55,7 +55,8 @@ def check_profile(doc: dict) -> dict:
     for name, c in doc["check"].items():
         if c["exit_agreement"] < 1.0 or c["max_abs_diff"] > LOGIT_TOLERANCE:
             raise EdgenasError(f"profile check {name} failed: exit agreement {c['exit_agreement']:.3f}, "
-                               f"max |logit difference| {c['max_abs_diff']:.2e}", "rebuild the artefact; report this model")
+                               f"max |logit difference| {c['max_abs_diff']:.2e}",
+                               "rebuild the artefact; report this model")
     return doc
 
 

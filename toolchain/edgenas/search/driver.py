@@ -148,7 +148,9 @@ def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui
         supernet.eval()
         ui.note(f"supernet loaded from {path}")
         return supernet
-    with ui.task("training supernet", cfg.supernet.epochs) as advance:
+    from edgenas.search.parallel import single_thread
+    # one thread: the trained weights then do not depend on the machine's core count (same seed, same supernet)
+    with ui.task("training supernet", cfg.supernet.epochs) as advance, single_thread():
         train_supernet(space, supernet, data, cfg.supernet, cfg.seed, progress=lambda e, loss: advance(f"loss {loss:.3f}"))
     atomic_torch_save(path, supernet.state_dict())
     return supernet

@@ -17,7 +17,11 @@ class SpaceSampling(Sampling):
         self.space = space
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
-        return np.array([self.space.sample(random_state) for _ in range(n_samples)])
+        # The sandwich rule trains the largest and smallest subnets at every step, so they are the best-trained
+        # members of the supernet: they anchor both ends of the front; the rest of the population is random.
+        anchors = [self.space.encode(a) for a in (self.space.largest(exits=True), self.space.smallest(exits=True))]
+        randoms = [self.space.sample(random_state) for _ in range(n_samples)]
+        return np.array((anchors + randoms)[:n_samples])
 
 
 class ResetMutation(Mutation):
