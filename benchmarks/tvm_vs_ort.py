@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
     from edgenas.targets import load_target
 
     work = Path(tempfile.mkdtemp(prefix="edgenas-tvm-vs-ort-"))
+    load_before = os.getloadavg()
     x = None
     if a.export_dir:
         export_dir, source = Path(a.export_dir), "argument"
@@ -201,13 +203,15 @@ def main(argv=None) -> int:
         "ratio_tuned": results["tuned"]["ratio"], "ratio_untuned": results["untuned"]["ratio"],
         "goal": "ratio_tuned <= 1.0", "goal_met": results["tuned"]["ratio"] <= 1.0,
         "results": results,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
         "versions": {"tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__},
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"ratio (tuned TVM / ORT, 1 thread): {doc['ratio_tuned']:.3f}  -> {out}")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

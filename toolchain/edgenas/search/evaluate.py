@@ -15,7 +15,8 @@ import torch
 from edgenas import cost
 from edgenas.nn.early_exit import drop_exits
 from edgenas.train.bn import recalibrate_bn
-from edgenas.train.exits import ExitTrainingConfig, exit_features, exit_outputs, train_exit_heads
+from edgenas.train.exits import (ExitTrainingConfig, exit_features, exit_outputs, train_exit_heads,
+                                 train_final_head)
 from edgenas.train.thresholds import apply_policy, choose_policy, path_costs
 
 
@@ -97,6 +98,7 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     per_exit_s = t.latency.per_exit_cycles / t.clock_hz
 
     feats = {name: exit_features(net, getattr(data, name).x) for name in ("train", "val", "test")}
+    train_final_head(net, feats["train"][-1], data.train.y, config.exits, seed)
     train_exit_heads(net, feats["train"], data.train.y,
                      path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
                      budgets.latency_s, config.exits, seed)

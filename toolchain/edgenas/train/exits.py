@@ -34,6 +34,8 @@ class ExitTrainingConfig:
     support_fraction: float = 0.1
     support_from_epoch: int = 5      # warm-up epochs before the support-set regulariser is switched on
     cost_budget_fraction: float = 0.6  # cost budget = min(target budget, fraction * final-exit cost)
+    final_head_epochs: int = 10        # re-fit of the inherited final head on frozen features (0: keep it as inherited)
+    final_head_lr: float = 2e-3
 
 
 @torch.no_grad()
@@ -107,6 +109,35 @@ def _support_scores(heads, feats, y, n_classes) -> torch.Tensor:
             sel = y == k
             scores[k, i] = right[sel].mean() if sel.any() else 0.0
     return scores
+
+
+def train_final_head(net, feats_final: torch.Tensor, y: torch.Tensor, cfg: ExitTrainingConfig, seed: int) -> list[float]:
+    """Re-fit the final head (in place) on frozen backbone features with cross-entropy.
+
+    An inherited final head is a compromise across every subnet sharing it; without this re-fit the freshly trained
+    exit heads beat it and a candidate exits early on every input, which makes its deeper layers dead weight.
+    """
+    if cfg.final_head_epochs <= 0:
+        return []
+    head = net.heads[-1]
+    gen = torch.Generator().manual_seed(seed + 1)
+    torch.manual_seed(seed + 1)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.final_head_lr, weight_decay=cfg.weight_decay)
+    history = []
+    head.train()
+    for _ in range(cfg.final_head_epochs):
+        order = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            b = order[start:start + cfg.batch_size]
+            loss = F.cross_entropy(head(feats_final[b])[:, : net.n_classes], y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        history.append(total / len(order))
+    head.eval()
+    return history
 
 
 def train_exit_heads(net, feats: list[torch.Tensor], y: torch.Tensor, exit_costs: Sequence[float],
