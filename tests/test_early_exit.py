@@ -6,7 +6,7 @@ from torch import nn
 
 from edgenas.nn.early_exit import EarlyExitNet, exit_decisions
 from edgenas.train.exits import (ExitTrainingConfig, cost_regulariser, exit_probabilities, nachos_loss,
-                                 train_exit_heads)
+                                 train_exit_heads, train_final_head)
 from edgenas.train.thresholds import apply_policy, choose_policy, path_costs
 
 
@@ -115,6 +115,26 @@ def test_trained_heads_become_confident_where_they_are_right():
     with torch.no_grad():
         c0 = torch.sigmoid(net.heads[0](f0)[:, 4])
     assert c0[easy].mean() > c0[~easy].mean() + 0.3
+
+
+def test_final_head_refit_learns_the_features_and_leaves_the_rest_alone():
+    net = tiny_net()
+    torch.manual_seed(2)
+    n = 256
+    y = torch.randint(0, 4, (n,))
+    f_final = torch.randn(n, 8, 8, 8) * 0.1
+    f_final[torch.arange(n), y] += 2.0  # the label is in the channel means: a linear head can read it
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def accuracy():
+        with torch.no_grad():
+            return float((net.heads[-1](f_final)[:, :4].argmax(1) == y).float().mean())
+    acc0 = accuracy()
+    losses = train_final_head(net, f_final, y, ExitTrainingConfig(final_head_epochs=40, final_head_lr=5e-2), seed=0)
+    assert losses[-1] < losses[0] and accuracy() > max(acc0, 0.9)
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("heads.2.") for k in changed)  # backbone and exit heads untouched
+    assert train_final_head(net, f_final, y, ExitTrainingConfig(final_head_epochs=0), seed=0) == []
 
 
 def test_path_costs_count_every_head_evaluated_before_the_exit():

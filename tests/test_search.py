@@ -168,7 +168,7 @@ def test_cli_export_compile_profile_pipeline_agrees_with_onnxruntime(tiny_run, t
     assert exits["meta"]["dataset"] == "digits" and (export_dir / "model.onnx").is_file()
     capsys.readouterr()
     assert cli_main(["compile", str(export_dir / "model.onnx"), "--target", "cortex-m7", "--out", str(fw_dir),
-                     "--test-inputs", "6"]) == 0
+                     "--test-inputs", "6", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fits"] and report["n_test_inputs"] == 6 and report["target"] == "cortex-m7"
     assert cli_main(["profile", str(fw_dir), "--target", "cortex-m7", "--device", "qemu", "--out", str(prof)]) == 0

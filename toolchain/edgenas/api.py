@@ -82,7 +82,7 @@ def search_cli(**opts) -> None:
 
 def export_cli(run_dir, candidate, out) -> None:
     report = export(run_dir, candidate, out)
-    print(report.summary() if hasattr(report, "summary") else report)
+    print(report.summary())
 
 
 def export(run_dir, candidate: int | None = None, out=None):
@@ -184,10 +184,11 @@ def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", d
     return compile_host(path, t, out, tune_trials=tune_trials, test_inputs=_dataset_test_inputs(path, test_inputs))
 
 
-def compile_cli(**opts) -> None:
+def compile_cli(json_out: bool = False, **opts) -> None:
     import json
     report = compile(**opts)
-    print(json.dumps(report.to_dict(), indent=2, default=str))
+    print(json.dumps(report.to_dict(), indent=2, default=str) if json_out or not hasattr(report, "summary")
+          else report.summary())
 
 
 def profile(artefact, target: str = "cortex-m7", device: str = "qemu", n_inputs: int | None = None, out=None,

@@ -66,6 +66,7 @@ def export(run_dir, candidate, best, out):
 @click.option("--test-inputs", default=16, show_default=True, type=int,
               help="MCU: test-split inputs embedded in the firmware and checked against onnxruntime.")
 @click.option("--tune-trials", default=0, show_default=True, type=int, help="Host/Cortex-A: MetaSchedule trials.")
+@click.option("--json", "json_out", is_flag=True, help="Print the full report as JSON.")
 def compile_(**opts):
     """Compile an export folder, .onnx file or run folder for a target (firmware or TVM library)."""
     from edgenas import api

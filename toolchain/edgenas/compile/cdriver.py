@@ -187,3 +187,33 @@ def test_io_c(inputs: np.ndarray, ref_logits: np.ndarray, ref_exits: np.ndarray)
 def tensor_summary(programs: Sequence[StageProgram]) -> Mapping[str, int]:
     """Bytes of constants (weights) per stage, as counted from the lowered program."""
     return {f"stage_{p.index}": int(sum(a.nbytes for a in p.constants.values())) for p in programs}
+
+
+def driver_project(stage_models, stages, thresholds, n_classes: int, input_shape, x: np.ndarray,
+                   ref_logits: np.ndarray, ref_exits: np.ndarray, codegen: str, tvm_target, project) -> tuple:
+    """Lower each stage, build its TVM kernels into `project` and write the generated C driver sources there
+    (weights, model.c, edgenas.h, edgenas_config.h, test_io.c). Shared by the Cortex-M firmware and the hosted
+    static build. Returns (programs, arena plan, kernel workspace pool bytes)."""
+    from pathlib import Path
+
+    from edgenas.compile import lowering, memplan
+    mods, programs = [], []
+    for i, (stage, model) in enumerate(zip(stages, stage_models)):
+        mod = lowering.lower_onnx(model, stage.input, stage.input_shape)
+        mods.append(mod)
+        programs.append(lowering.stage_program(mod, i, stage.input))
+    plan = memplan.plan_arena(programs)
+    pool = max(p.workspace_bytes for p in programs)
+    project = Path(project)
+    lowering.build_kernels(lowering.kernel_module(mods, programs), codegen, tvm_target, project)
+    weights_c, weights_h = weights_files(programs)
+    generated = {
+        "weights.c": weights_c, "weights.h": weights_h,
+        "model.c": model_c(programs, plan, thresholds, n_classes),
+        "edgenas.h": edgenas_h(n_classes, len(programs), input_shape),
+        "edgenas_config.h": config_h(plan.size, pool, x.shape[0]),
+        "test_io.c": test_io_c(x, ref_logits, ref_exits),
+    }
+    for name, text in generated.items():
+        (project / name).write_text(text)
+    return programs, plan, pool

@@ -133,8 +133,9 @@ clean:
 """
 
 
-def copy_fixed_files(project: Path) -> None:
-    for name in (*FIXED_SOURCES, "uart_retarget.c"):
+def copy_fixed_files(project: Path, names=(*FIXED_SOURCES, "uart_retarget.c")) -> None:
+    """The fixed C sources `names` (from mcu_files/) and the TVM runtime headers the kernels include."""
+    for name in names:
         (project / name).write_text((files("edgenas.compile") / "mcu_files" / name).read_text())
     import tvm
     import tvm_ffi

@@ -41,7 +41,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -104,6 +103,8 @@ class HostBuildReport:
                          f"{c['max_abs_diff']:.2e} on {c['n_inputs']} inputs, exits {c['exits_exercised']}")
             if c.get("kernel_calls_per_exit"):
                 lines.append(f"  kernel calls per exit: {c['kernel_calls_per_exit']}")
+            if c.get("stages_run_per_exit"):
+                lines.append(f"  stages run per exit: {dict(sorted(c['stages_run_per_exit'].items()))}")
         else:
             lines.append(f"  check not run: {c.get('reason')}")
         return "\n".join(lines)
@@ -326,39 +327,11 @@ def check_host_library(library: Path, x, ref_logits, ref_exits) -> dict:
 
 def _static_project(src, stage_models, target, x, ref_logits, ref_exits, project: Path) -> None:
     """The MCU compiler's static C driver + the TVM kernels for the target CPU + a hosted main."""
-    from edgenas.compile import cdriver, lowering, memplan
-    from edgenas.compile.firmware import TVM_HEADERS
-
-    import tvm
-    import tvm_ffi
-
-    mods, programs = [], []
-    for i, (stage, model) in enumerate(zip(src.stages, stage_models)):
-        mod = lowering.lower_onnx(model, stage.input, stage.input_shape)
-        mods.append(mod)
-        programs.append(lowering.stage_program(mod, i, stage.input))
-    plan = memplan.plan_arena(programs)
-    pool = max(p.workspace_bytes for p in programs)
+    from edgenas.compile import cdriver, firmware
     project.mkdir(parents=True)
-    lowering.build_kernels(lowering.kernel_module(mods, programs), "llvm", target.tvm_target, project)
-    weights_c, weights_h = cdriver.weights_files(programs)
-    generated = {
-        "weights.c": weights_c, "weights.h": weights_h,
-        "model.c": cdriver.model_c(programs, plan, src.thresholds, src.n_classes),
-        "edgenas.h": cdriver.edgenas_h(src.n_classes, len(programs), src.input_shape),
-        "edgenas_config.h": cdriver.config_h(plan.size, pool, x.shape[0]),
-        "test_io.c": cdriver.test_io_c(x, ref_logits, ref_exits),
-    }
-    for name, text in generated.items():
-        (project / name).write_text(text)
-    for name in ("hosted_main.c", "tvm_stubs.c"):
-        (project / name).write_text((files("edgenas.compile") / "mcu_files" / name).read_text())
-    roots = {"tvm": Path(tvm.__file__).parent / "include", "tvm_ffi": Path(tvm_ffi.__file__).parent / "include"}
-    for pkg, headers in TVM_HEADERS.items():
-        for rel in headers:
-            dst = project / "include" / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(roots[pkg] / rel, dst)
+    cdriver.driver_project(stage_models, src.stages, src.thresholds, src.n_classes, src.input_shape, x, ref_logits,
+                           ref_exits, "llvm", target.tvm_target, project)
+    firmware.copy_fixed_files(project, ("hosted_main.c", "tvm_stubs.c"))
 
 
 STATIC_SOURCES = ("hosted_main.c", "tvm_stubs.c", "model.c", "weights.c", "test_io.c")

@@ -84,6 +84,21 @@ class FirmwareReport:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def summary(self) -> str:
+        """What `edgenas compile` prints: where the firmware is and how it fits, measured and predicted."""
+        sz, pred = self.sizes, self.predicted or {}
+
+        def line(what, measured, budget, predicted):
+            p = f", cost model {predicted / 1024:.1f} KiB ({(measured - predicted) / predicted:+.1%})" if predicted else ""
+            return f"  {what}: {measured / 1024:.1f} KiB of {budget / 1024:.0f} KiB ({measured / budget:.0%}){p}"
+        return "\n".join([
+            f"firmware for {self.target} ({self.codegen}, {self.dtype}) in {self.project_dir}: {self.elf} (QEMU)"
+            + (f", {self.board_elf} (board)" if self.board_elf else ""),
+            line("flash", sz["flash_bytes"], sz["flash_budget"], pred.get("flash_bytes")),
+            line("RAM", sz["ram_bytes"], sz["ram_budget"], pred.get("peak_sram_bytes")),
+            f"  {self.n_stages} segments, {self.n_test_inputs} embedded test inputs; "
+            f"run `edgenas profile {self.project_dir} --target {self.target} --device qemu`"])
+
 
 # ------------------------------------------------------------------------------------------------ inputs
 def _onnx_input(model) -> tuple[str, tuple[int, ...]]:
@@ -259,7 +274,7 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
     Raises EdgenasError when the firmware exceeds the target's flash or RAM budget, after writing the project
     and its `firmware.json` size report.
     """
-    from edgenas.compile import cdriver, firmware, lowering, memplan
+    from edgenas.compile import cdriver, firmware
 
     if codegen not in CODEGENS:
         raise EdgenasError(f"unknown codegen '{codegen}'", f"use one of {', '.join(CODEGENS)}")
@@ -285,30 +300,15 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
                                "pass (logits (N, n_classes), exits (N,)) for the test inputs")
 
     import onnx
-    mods, programs = [], []
-    for i, stage in enumerate(src.stages):
-        mod = lowering.lower_onnx(onnx.load(str(stage.path)), stage.input, stage.input_shape)
-        mods.append(mod)
-        programs.append(lowering.stage_program(mod, i, stage.input))
-    plan = memplan.plan_arena(programs)
-    pool = max(p.workspace_bytes for p in programs)
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        lowering.build_kernels(lowering.kernel_module(mods, programs), codegen, target.tvm_target, tmp)
-        weights_c, weights_h = cdriver.weights_files(programs)
-        generated = {
-            "weights.c": weights_c, "weights.h": weights_h,
-            "model.c": cdriver.model_c(programs, plan, src.thresholds, src.n_classes),
-            "edgenas.h": cdriver.edgenas_h(src.n_classes, len(programs), src.input_shape),
-            "edgenas_config.h": cdriver.config_h(plan.size, pool, x.shape[0]),
-            "test_io.c": cdriver.test_io_c(x, ref_logits, ref_exits),
-            "firmware.ld": firmware.linker_script(target, "qemu", firmware.STACK_BYTES),
-            "firmware-board.ld": firmware.linker_script(target, "board", firmware.STACK_BYTES),
-            "Makefile": firmware.makefile(target, codegen),
-        }
-        for name, text in generated.items():
+        programs, plan, pool = cdriver.driver_project(
+            [onnx.load(str(st.path)) for st in src.stages], src.stages, src.thresholds, src.n_classes, src.input_shape,
+            x, ref_logits, ref_exits, codegen, target.tvm_target, tmp)
+        for name, text in {"firmware.ld": firmware.linker_script(target, "qemu", firmware.STACK_BYTES),
+                           "firmware-board.ld": firmware.linker_script(target, "board", firmware.STACK_BYTES),
+                           "Makefile": firmware.makefile(target, codegen)}.items():
             (tmp / name).write_text(text)
         firmware.copy_fixed_files(tmp)
         elf = firmware.build_firmware(tmp, target, codegen, "qemu")

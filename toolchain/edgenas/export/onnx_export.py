@@ -87,6 +87,21 @@ class ExportReport:
     def exits_json(self) -> Path:
         return self.out_dir / EXITS_FILE
 
+    def summary(self) -> str:
+        """What `edgenas export` prints: files, the checks, and one line per exit."""
+        lines = [f"exported to {self.out_dir}: {MODEL_FILE} ({self.sizes.get(MODEL_FILE, 0) / 1024:.0f} KiB), "
+                 f"{STATIC_FILE}, {INT8_FILE} ({self.sizes.get(INT8_FILE, 0) / 1024:.0f} KiB), {EXITS_FILE}",
+                 f"checked on {self.n_check_samples} test samples: fp32 accuracy {self.fp32_accuracy:.4f}, same exit as "
+                 f"PyTorch {self.fp32_exit_agreement:.1%}, max |dlogit| {self.fp32_max_abs_diff:.1e} (<= {MAX_ABS_LOGIT_DIFF:g}); "
+                 f"int8 accuracy {self.int8_accuracy:.4f} (drop {self.int8_accuracy_drop * 100:+.2f} pt), same exit as "
+                 f"fp32 {self.int8_exit_agreement:.1%}",
+                 f"expected MACs {self.expected_macs:,.0f} of {self.exits[-1].macs:,} worst case"]
+        for e in self.exits:
+            thr = "final" if e.threshold is None else f"threshold {e.threshold:g}"
+            acc = "-" if e.accuracy is None else f"{e.accuracy:.4f}"
+            lines.append(f"  exit {e.index} ({thr}): {e.macs:,} MACs, rate {e.exit_rate:.3f}, accuracy {acc}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["out_dir"] = str(self.out_dir)

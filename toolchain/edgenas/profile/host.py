@@ -84,7 +84,7 @@ def profile_host(artefact, target, threads: Sequence[int | str] = (1, "max"), re
     target = _as_target(target)
     build = check_artefact(artefact, target)
     if build["library_arch"] != platform.machine():
-        raise EdgenasError(f"{artefact} holds a {build['library_arch']} library; this machine is {platform.machine()}",
+        raise EdgenasError(f"{artefact} holds a library for {build['library_arch']}; this machine is {platform.machine()}",
                            f"profile it on the board: --device ssh:USER@HOST (target {build['target']})")
     if repeats < 1:
         raise EdgenasError(f"repeats must be >= 1, got {repeats}", "pass e.g. --repeats 20")
