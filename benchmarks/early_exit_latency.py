@@ -57,8 +57,22 @@ def predicted_expected_ms(path: Path) -> float:
                        "pass an archive record of the candidate or {\"expected_latency_ms\": ...}")
 
 
+def predict_with_target(export_dir: Path, backbone: onnx.ModelProto, exits: np.ndarray, target: str) -> dict:
+    """The cost model's figures for the measured exit shares: expected If-graph latency and backbone latency."""
+    from edgenas import cost
+    from edgenas.targets import load_target
+    t = load_target(target)
+    per_exit = cost.predict_latency(cost.from_onnx(load_onnx(Path(export_dir) / "model.onnx")), t).per_exit_s
+    shares = np.bincount(exits, minlength=len(per_exit)) / len(exits)
+    backbone_s = cost.predict_latency(cost.from_onnx(backbone), t).worst_s
+    expected_s = float(np.dot(shares, per_exit))
+    return {"target": t.name, "target_file": t.source_path, "per_exit_ms": [v * 1e3 for v in per_exit],
+            "expected_latency_ms": expected_s * 1e3, "backbone_no_exits_ms": backbone_s * 1e3,
+            "ratio": expected_s / backbone_s}
+
+
 def measure_latency(export_dir: Path, x: np.ndarray, repeats: int = 3, threads: int = 1, int8: bool = False,
-                    predicted_ms: float | None = None) -> dict:
+                    predicted_ms: float | None = None, y: np.ndarray | None = None, target: str | None = None) -> dict:
     """Per-sample latency (median over repeats) of the If-graph(s) and of the backbone without exits."""
     export_dir = Path(export_dir)
     doc = read_exits_json(export_dir)
@@ -90,6 +104,16 @@ def measure_latency(export_dir: Path, x: np.ndarray, repeats: int = 3, threads: 
          "mean_ms": float(per_sample["if_graph"][exits == i].mean()) if (exits == i).any() else None}
         for i in range(doc["n_exits"])]
     speedup = result["backbone_no_exits"]["mean_ms"] / result["if_graph"]["mean_ms"]
+    accuracy = None
+    if y is not None:
+        logits_if, _ = run_early_exit(models["if_graph"], x)
+        logits_bb = np.concatenate([models["backbone_no_exits"].run(None, {name: x[k:k + 1]})[0] for k in range(len(x))])
+        accuracy = {"if_graph": float((logits_if.argmax(1) == y).mean()),
+                    "backbone_no_exits": float((logits_bb.argmax(1) == y).mean())}
+        accuracy["loss_points"] = 100 * (accuracy["backbone_no_exits"] - accuracy["if_graph"])
+    model_pred = predict_with_target(export_dir, backbone, exits, target) if target else None
+    if model_pred is not None and predicted_ms is None:
+        predicted_ms = model_pred["expected_latency_ms"]
     return {
         "benchmark": "early_exit_latency",
         "export_dir": str(export_dir),
@@ -99,6 +123,9 @@ def measure_latency(export_dir: Path, x: np.ndarray, repeats: int = 3, threads: 
         "thresholds": doc["thresholds"], "expected_macs": doc.get("expected_macs"),
         **result,
         "speedup_vs_backbone": float(speedup),
+        "if_over_backbone": float(1 / speedup),
+        "accuracy": accuracy,
+        "cost_model": model_pred,
         "predicted_expected_latency_ms": predicted_ms,
         "measured_over_predicted": (result["if_graph"]["mean_ms"] / predicted_ms) if predicted_ms else None,
     }
@@ -112,14 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--int8", action="store_true", help="also time model.int8.onnx")
+    p.add_argument("--target", help="target (name or calibrated .toml) whose cost model predicts the latencies")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/early_exit_latency.json"))
     a = p.parse_args(argv)
     try:
         with np.load(a.inputs) as npz:
             x = npz["x"]
+            y = npz["y"] if "y" in npz else None
         predicted = predicted_expected_ms(a.predicted) if a.predicted else None
         result = measure_latency(a.export_dir, x, repeats=a.repeats, threads=a.threads, int8=a.int8,
-                                 predicted_ms=predicted)
+                                 predicted_ms=predicted, y=y, target=a.target)
     except EdgenasError as e:
         print(e.line())
         return 2

@@ -51,6 +51,9 @@ def test_tiny_search_writes_a_complete_run_folder(tiny_run):
     space = create_space("mbv3")  # the sandwich rule's largest and smallest subnets anchor the first population
     assert [records[0]["arch"], records[1]["arch"]] == [space.largest(exits=True).to_dict(),
                                                         space.smallest(exits=True).to_dict()]
+    # exit_slots="policy": every candidate has a head at every slot; the threshold search decides what is deployed
+    assert all(r["exits_in_genome"] == 3 for r in records)
+    assert any(r["n_exits"] < 4 for r in records)
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and config["pop_size"] == TINY.pop_size and "torch" in config["versions"]
     pareto = json.loads((out / "pareto.json").read_text())

@@ -94,7 +94,10 @@ class FirmwareReport:
         return "\n".join([
             f"firmware for {self.target} ({self.codegen}, {self.dtype}) in {self.project_dir}: {self.elf} (QEMU)"
             + (f", {self.board_elf} (board)" if self.board_elf else ""),
-            line("flash", sz["flash_bytes"], sz["flash_budget"], pred.get("flash_bytes")),
+            line("flash", sz["flash_bytes"], sz["flash_budget"], None),
+            line("flash without the embedded test inputs (a deployed image)",
+                 sz["flash_bytes"] - sz.get("flash_parts", {}).get("test_data", 0), sz["flash_budget"],
+                 pred.get("flash_bytes")),
             line("RAM", sz["ram_bytes"], sz["ram_budget"], pred.get("peak_sram_bytes")),
             f"  {self.n_stages} segments, {self.n_test_inputs} embedded test inputs; "
             f"run `edgenas profile {self.project_dir} --target {self.target} --device qemu`"])

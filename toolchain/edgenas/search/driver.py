@@ -39,6 +39,8 @@ class SearchConfig:
     min_accuracy: float | None = None
     pop_size: int = 16
     n_gen: int = 8
+    # "policy": a head at every exit slot, the threshold search keeps the ones that pay; "genome": the exit genes decide
+    exit_slots: str = "policy"
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     flatnas: FlatnasConfig = field(default_factory=FlatnasConfig)
@@ -59,6 +61,8 @@ class SearchConfig:
 
 
 def method_for(cfg: SearchConfig):
+    if cfg.exit_slots not in ("policy", "genome"):
+        raise EdgenasError(f"unknown exit_slots '{cfg.exit_slots}'", "use 'policy' or 'genome'")
     if cfg.method == "nachos":
         return NachosMethod()
     if cfg.method == "flatnas":
@@ -215,7 +219,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
             return r
 
         run_nsga2(space, evaluate_genome, method, budgets, cfg.pop_size, cfg.n_gen, cfg.seed,
-                  archive=lambda: records, prefetch=evaluate_new)
+                  archive=lambda: records, prefetch=evaluate_new, open_exits=cfg.exit_slots == "policy")
 
     method.refresh(records)
     members = pareto_members(records, method.objectives)
@@ -240,7 +244,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
 
 
 def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, n_gen: int, seed: int,
-              archive: Callable[[], list[dict]], prefetch: Callable | None = None) -> None:
+              archive: Callable[[], list[dict]], prefetch: Callable | None = None, open_exits: bool = False) -> None:
     """Ask/tell NSGA-II loop; the caller's evaluate_genome owns caching and archiving.
 
     Before each survival step the method may re-normalise its objectives over the archive (FlatNAS's alpha_norm);
@@ -252,7 +256,7 @@ def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, 
     from edgenas.search.problem import SearchProblem
     problem = SearchProblem(space, evaluate_genome, method, budgets)
     algorithm = NSGA2(pop_size=pop_size, sampling=SpaceSampling(space), crossover=TwoPointCrossover(prob=0.9),
-                      mutation=ResetMutation(), repair=CanonicalRepair(space), eliminate_duplicates=True)
+                      mutation=ResetMutation(), repair=CanonicalRepair(space, open_exits), eliminate_duplicates=True)
     algorithm.setup(problem, termination=("n_gen", n_gen), seed=seed, verbose=False)
     while algorithm.has_next():
         pop = algorithm.ask()

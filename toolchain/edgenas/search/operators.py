@@ -42,10 +42,17 @@ class ResetMutation(Mutation):
 
 
 class CanonicalRepair(Repair):
-    def __init__(self, space):
+    """Round and clip to the bounds, then the space's canonical form. With `open_exits`, every exit slot gene is set:
+    each candidate then gets a head at every slot and the threshold search decides which to keep ("disabled" is one
+    of its choices), so no backbone is judged without its best exit configuration."""
+
+    def __init__(self, space, open_exits: bool = False):
         super().__init__()
-        self.space = space
+        self.space, self.open_exits = space, open_exits and hasattr(space, "exit_genes")
 
     def _do(self, problem, X, **kwargs):
         X = np.clip(np.rint(np.asarray(X, dtype=float)), problem.xl, problem.xu).astype(int)
-        return np.array([self.space.canonical(x) for x in X])
+        X = np.array([self.space.canonical(x) for x in X])
+        if self.open_exits:
+            X[:, self.space.exit_genes] = 1
+        return X

@@ -263,6 +263,7 @@ class Mbv3Space:
     """Genome <-> ArchConfig, random sampling, supernet and standalone-network construction."""
 
     name = "mbv3"
+    exit_genes = slice(-(N_STAGES - 1), None)  # one gene per exit slot (after stages 1..N-1), last in the genome
     arch_from_dict = staticmethod(lambda d: ArchConfig.from_dict(d))
 
     def __init__(self, resolutions: Sequence[int] = RESOLUTIONS):
