@@ -49,8 +49,8 @@ def test_tiny_search_writes_a_complete_run_folder(tiny_run):
     assert [r["id"] for r in records] == list(range(len(records)))
     from edgenas.spaces import create_space
     space = create_space("mbv3")  # the sandwich rule's largest and smallest subnets anchor the first population
-    assert [records[0]["arch"], records[1]["arch"]] == [space.largest(exits=True).to_dict(),
-                                                        space.smallest(exits=True).to_dict()]
+    anchors = [space.largest(exits=True).to_dict(), space.smallest(exits=True).to_dict()]
+    assert [records[0]["arch"], records[1]["arch"]] == json.loads(json.dumps(anchors))  # as stored: lists
     # exit_slots="policy": every candidate has a head at every slot; the threshold search decides what is deployed
     assert all(r["exits_in_genome"] == 3 for r in records)
     assert any(r["n_exits"] < 4 for r in records)
