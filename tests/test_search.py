@@ -192,3 +192,23 @@ def test_compile_and_profile_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "fw").exists()
     code, err = run_cli(["profile", str(tmp_path), "--device", "usb"], capsys)
     assert code == 2 and len(err) == 1
+
+
+@pytest.mark.e2e
+def test_export_of_a_missing_or_corrupt_run_or_bad_candidate_is_one_line_exit_2(tiny_run, tmp_path, capsys):
+    out, result = tiny_run
+    dest = tmp_path / "export"
+    code, err = run_cli(["export", str(tmp_path / "no-run"), "--out", str(dest)], capsys)
+    assert code == 2 and len(err) == 1 and "not found" in err[0]
+    code, err = run_cli(["export", str(out), "--candidate", "9999", "--out", str(dest)], capsys)
+    assert code == 2 and len(err) == 1 and "9999" in err[0]
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    member = result.pareto[0]["id"]
+    (broken / "checkpoints" / f"candidate_{member}.pt").write_bytes(b"not a checkpoint")
+    code, err = run_cli(["export", str(broken), "--candidate", str(member), "--out", str(dest)], capsys)
+    assert code == 2 and len(err) == 1 and "corrupt" in err[0]
+    (broken / "pareto.json").write_text("{not json")
+    code, err = run_cli(["export", str(broken), "--out", str(dest)], capsys)
+    assert code == 2 and len(err) == 1 and "pareto.json" in err[0]
+    assert not dest.exists()
