@@ -41,6 +41,8 @@ def shape_of(doc):
         return {k: shape_of(v) for k, v in doc.items()}
     if isinstance(doc, list):
         return [shape_of(doc[0])] if doc else []
+    if doc is None:  # nullable numbers, e.g. the stage of a node outside every stage (which node comes first varies)
+        return "number"
     return "number" if isinstance(doc, (int, float)) and not isinstance(doc, bool) else type(doc).__name__
 
 

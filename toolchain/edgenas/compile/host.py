@@ -410,7 +410,8 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
     candidates are measured on this machine). Raises EdgenasError, leaving nothing behind, on bad input, a missing
     toolchain or a build that disagrees with onnxruntime.
     """
-    from edgenas.compile.mcu import _test_inputs, load_model_source, reference_outputs
+    from edgenas.compile.mcu import (_test_inputs, load_model_source, publish_project, reference_document,
+                                     reference_outputs)
 
     target = _as_target(target)
     _check_target(target)
@@ -468,15 +469,8 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
             tuning_seconds=round(build_s if tune_trials else 0.0, 2),
             compile_seconds=round(compile_s, 2), n_test_inputs=int(x.shape[0]), check=check,
             source=str(Path(model_path).resolve()))
-        (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        (tmp / "reference.json").write_text(json.dumps(
-            {"inputs": x.reshape(x.shape[0], -1).tolist(), "input_shape": list(src.input_shape),
-             "logits": ref_logits.tolist(), "exits": ref_exits.tolist(),
-             "source": "onnxruntime, stage chain, exit rule in float32"}) + "\n")
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_project(tmp, out_dir, REPORT_FILE, report.to_dict(),
+                        reference_document(x, ref_logits, ref_exits, input_shape=list(src.input_shape)))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

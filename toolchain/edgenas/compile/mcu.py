@@ -331,14 +331,7 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
             workspace_pool_bytes=pool, weight_bytes=int(sum(cdriver.tensor_summary(programs).values())),
             macs_per_exit=src.macs_per_exit or _macs_from_prediction(predicted), predicted=predicted,
             n_test_inputs=int(x.shape[0]), fits=not excess, excess=excess)
-        (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        (tmp / REFERENCE_FILE).write_text(json.dumps(
-            {"inputs": x.reshape(x.shape[0], -1).tolist(), "logits": ref_logits.tolist(),
-             "exits": ref_exits.tolist(), "source": "onnxruntime, stage chain, exit rule in float32"}) + "\n")
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_project(tmp, out_dir, REPORT_FILE, report.to_dict(), reference_document(x, ref_logits, ref_exits))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -346,6 +339,22 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
         raise EdgenasError(_too_big_message(target, sizes), "shrink the model (fewer channels or exits) or pick a "
                                                             f"larger target; the size report is in {out_dir / REPORT_FILE}")
     return report
+
+
+def reference_document(x: np.ndarray, ref_logits: np.ndarray, ref_exits: np.ndarray, **extra) -> dict:
+    """reference.json: the embedded test inputs and onnxruntime's outputs for them (what `profile` checks against)."""
+    return {"inputs": x.reshape(x.shape[0], -1).tolist(), **extra, "logits": ref_logits.tolist(),
+            "exits": ref_exits.tolist(), "source": "onnxruntime, stage chain, exit rule in float32"}
+
+
+def publish_project(tmp: Path, out_dir: Path, report_file: str, report: dict, reference: dict) -> None:
+    """Write the report and reference.json into the finished project, then rename it into place (atomic)."""
+    (tmp / report_file).write_text(json.dumps(report, indent=2) + "\n")
+    (tmp / REFERENCE_FILE).write_text(json.dumps(reference) + "\n")
+    os.chmod(tmp, 0o755)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
 
 
 def _macs_from_prediction(predicted: dict | None) -> tuple[int, ...] | None:
