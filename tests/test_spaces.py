@@ -5,7 +5,8 @@ import torch
 
 from edgenas.errors import EdgenasError
 from edgenas.spaces import create_space, list_spaces
-from edgenas.spaces.mbv3 import DEPTHS, EXPANDS, KERNELS, MAX_DEPTH, N_STAGES, RESOLUTIONS, WIDTHS, drop_exits
+from edgenas.nn.early_exit import drop_exits
+from edgenas.spaces.mbv3 import DEPTHS, EXPANDS, KERNELS, MAX_DEPTH, N_STAGES, RESOLUTIONS, WIDTHS
 
 
 @pytest.fixture(scope="module")

@@ -172,16 +172,17 @@ def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", d
     """Compile an exported model for a target: Cortex-M firmware (kind mcu) or a TVM library (host, Cortex-A)."""
     from edgenas.targets import load_target
     t = load_target(target)
+    if test_inputs < 1:
+        raise EdgenasError(f"--test-inputs must be at least 1, got {test_inputs}", "e.g. --test-inputs 16")
     path = _resolve_model(model)
+    beside = path.parent if path.is_file() else path
+    x = _dataset_test_inputs(path, test_inputs)
     if t.kind == "mcu":
         from edgenas.compile import compile_mcu
-        out = Path(out) if out else path.parent / f"firmware-{t.name}" if path.is_file() else path / f"firmware-{t.name}"
-        if test_inputs < 1:
-            raise EdgenasError(f"--test-inputs must be at least 1, got {test_inputs}", "e.g. --test-inputs 16")
-        return compile_mcu(path, t, out, codegen=codegen, dtype=dtype, test_inputs=_dataset_test_inputs(path, test_inputs))
+        return compile_mcu(path, t, Path(out) if out else beside / f"firmware-{t.name}", codegen=codegen, dtype=dtype,
+                           test_inputs=x)
     from edgenas.compile.host import compile_host
-    out = Path(out) if out else (path.parent if path.is_file() else path) / f"tvm-{t.name}"
-    return compile_host(path, t, out, tune_trials=tune_trials, test_inputs=_dataset_test_inputs(path, test_inputs))
+    return compile_host(path, t, Path(out) if out else beside / f"tvm-{t.name}", tune_trials=tune_trials, test_inputs=x)
 
 
 def compile_cli(json_out: bool = False, **opts) -> None:

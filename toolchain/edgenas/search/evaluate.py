@@ -118,8 +118,8 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     val_rates = [policy.exit_rates[i] for i in keep]
     test_rates_kept = [float(test_rates[i]) for i in keep]
     report = cost.analyze(graph, t)
-    macs_per_exit = [int(m) for m in cost.macs_per_exit(graph)]
-    latency_per_exit = [float(v) for v in cost.predict_latency(graph, t).per_exit_s]
+    macs_per_exit = [int(m) for m in report.macs_per_exit]
+    latency_per_exit = [float(v) for v in report.latency_per_exit_s]
     return deployed, {
         "active_exits": [bool(a) for a in policy.active],
         "n_exits": len(keep),

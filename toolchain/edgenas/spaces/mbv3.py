@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.errors import EdgenasError
-from edgenas.nn.early_exit import EarlyExitNet, drop_exits  # noqa: F401  (re-exported)
+from edgenas.nn.early_exit import EarlyExitNet
 from edgenas.spaces import register_space
 
 RESOLUTIONS = (16, 24, 32)
@@ -264,7 +264,7 @@ class Mbv3Space:
 
     name = "mbv3"
     exit_genes = slice(-(N_STAGES - 1), None)  # one gene per exit slot (after stages 1..N-1), last in the genome
-    arch_from_dict = staticmethod(lambda d: ArchConfig.from_dict(d))
+    arch_from_dict = staticmethod(ArchConfig.from_dict)
 
     def __init__(self, resolutions: Sequence[int] = RESOLUTIONS):
         self.resolutions = tuple(int(r) for r in resolutions)
