@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -10,3 +11,16 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def require_tools(in_ci):
+    """require_tools(tools, packages): skip when an external tool is missing, but fail in CI, where `make` installs
+    the Debian packages and toolchain tests must run."""
+    def check(tools, packages: str) -> None:
+        missing = [t for t in tools if shutil.which(t) is None]
+        if missing and in_ci:
+            pytest.fail(f"CI but {', '.join(missing)} missing: `make setup` as root installs {packages}")
+        if missing:
+            pytest.skip(f"{', '.join(missing)} not installed (Debian: {packages})")
+    return check

@@ -102,12 +102,8 @@ def test_relax_if_skips_the_stages_after_the_exit(model, host_build):
 
 
 @pytest.mark.toolchain
-def test_rpi4_build_and_static_aarch64_check_under_qemu(model, tmp_path, in_ci):
-    for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64"):
-        if shutil.which(tool) is None:
-            if in_ci:
-                pytest.fail(f"{tool} is required in CI")
-            pytest.skip(f"{tool} not installed (Debian: gcc-aarch64-linux-gnu, qemu-user)")
+def test_rpi4_build_and_static_aarch64_check_under_qemu(model, tmp_path, require_tools):
+    require_tools(("aarch64-linux-gnu-gcc", "qemu-aarch64"), "gcc-aarch64-linux-gnu, qemu-user")
     export_dir, x_test = model
     out = tmp_path / "tvm-rpi4"
     report = compile_host(export_dir, "rpi4", out, test_inputs=x_test)

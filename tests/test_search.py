@@ -158,12 +158,9 @@ def test_unmeetable_accuracy_floor_reports_closest_candidates(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.toolchain
-def test_cli_export_compile_profile_pipeline_agrees_with_onnxruntime(tiny_run, tmp_path, capsys):
+def test_cli_export_compile_profile_pipeline_agrees_with_onnxruntime(tiny_run, tmp_path, capsys, require_tools):
     """The README's pipeline on a searched member: export -> Cortex-M7 firmware -> QEMU, checked against ORT."""
-    if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but the ARM toolchain or QEMU is missing: `make setup` as root installs them")
-        pytest.skip("arm-none-eabi-gcc / qemu-system-arm not installed")
+    require_tools(("arm-none-eabi-gcc", "qemu-system-arm"), "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm")
     out, result = tiny_run
     export_dir, fw_dir, prof = tmp_path / "export", tmp_path / "fw", tmp_path / "profile.json"
     assert cli_main(["export", str(out), "--best", "--out", str(export_dir)]) == 0
