@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -258,7 +259,9 @@ def main(argv=None) -> int:
                             "channel_block": cal.channel_block,
                             "channel_block_cv_within_10pct": {str(b): cv["model"]["within_10pct"]
                                                               for b, cv in sorted(cal.block_cv.items())},
-                            "n_observations": cal.n_observations, "override_toml": path.read_text()}
+                            "n_observations": cal.n_observations,
+                            # the provenance names the calibration files, which lived in the temporary work folder
+                            "override_toml": path.read_text().replace(str(work), "<work>")}
         print(f"{variant}: held-out {results[variant]['held_out']}", file=sys.stderr)
     baseline = accuracy(measured, baseline_pred)
     print(f"MACs-only baseline: {baseline}", file=sys.stderr)
@@ -287,6 +290,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
+    shutil.rmtree(work, ignore_errors=True)  # exported models are kept only in --models-dir
     print(f"wrote {out} in {time.time() - t_start:.0f} s", file=sys.stderr)
     return 0
 

@@ -87,7 +87,7 @@ def measure_latency(export_dir: Path, x: np.ndarray, repeats: int = 3, threads: 
     if int8:
         models["if_graph_int8"] = ort_session(export_dir / files["int8"], threads=threads)
     name = models["if_graph"].get_inputs()[0].name
-    _, exits = run_early_exit(models["if_graph"], x)  # also the warm-up
+    logits_if, exits = run_early_exit(models["if_graph"], x)  # also the warm-up
     for sess in models.values():
         sess.run(None, {name: x[:1]})
     times = {k: np.zeros((repeats, len(x))) for k in models}
@@ -106,7 +106,6 @@ def measure_latency(export_dir: Path, x: np.ndarray, repeats: int = 3, threads: 
     speedup = result["backbone_no_exits"]["mean_ms"] / result["if_graph"]["mean_ms"]
     accuracy = None
     if y is not None:
-        logits_if, _ = run_early_exit(models["if_graph"], x)
         logits_bb = np.concatenate([models["backbone_no_exits"].run(None, {name: x[k:k + 1]})[0] for k in range(len(x))])
         accuracy = {"if_graph": float((logits_if.argmax(1) == y).mean()),
                     "backbone_no_exits": float((logits_bb.argmax(1) == y).mean())}

@@ -156,7 +156,8 @@ def main(argv=None) -> int:
                     print_row(r)
                     results.append(r)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"target": target.name, "export_dirs": [str(e) for e in exports],
+    # generated models live in a temporary folder: the results name them ("model", "arch"), not their paths
+    args.out.write_text(json.dumps({"target": target.name, "export_dirs": [str(e) for e in args.export_dir or []],
                                     "unit": "QEMU instructions (-icount shift=0), not cycles",
                                     "int8": "no int8 stage files measured: TVM 0.27 lowers QDQ to float (fake quant)",
                                     "results": results}, indent=2) + "\n")

@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     import onnxruntime
     import tvm
     doc = {
-        "benchmark": "tvm_vs_ort", "model": str(export_dir), "model_source": source, "n_inputs": int(x.shape[0]),
+        "benchmark": "tvm_vs_ort", "model": None if export_dir.is_relative_to(work) else str(export_dir), "model_source": source, "n_inputs": int(x.shape[0]),
         "threads": 1, "repeats": a.repeats, "batch": BATCH,
         "timing": "per input: median over repeats of the mean of BATCH calls from the same Python loop, engines "
                   "alternating; latency = mean over inputs; ratio = TVM / onnxruntime",
