@@ -41,7 +41,7 @@ def main():
     p.add_argument("--ood-samples", type=int, default=200)
     p.add_argument("--out", default="benchmarks/results/flatnas_vs_nachos.json")
     a = p.parse_args()
-    base = SearchConfig(target=a.target, pop_size=a.pop_size, n_gen=a.generations,
+    base = SearchConfig(target=a.target, dataset="digits", pop_size=a.pop_size, n_gen=a.generations,
                         flatnas=FlatnasConfig(ood_samples=a.ood_samples))
     data = load_dataset("digits")
     out = {"benchmark": "flatnas_vs_nachos", "dataset": "digits", "target": a.target,

@@ -20,9 +20,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a few-minute run with smaller settings")
     args = parser.parse_args()
 
-    config = SearchConfig(target="cortex-m7", dataset="digits", seed=0)
+    config = SearchConfig(target="cortex-m7", dataset="mnist5k", seed=0)
     if args.quick:
-        config = replace(config, pop_size=8, n_gen=3, supernet=replace(config.supernet, epochs=5))
+        config = replace(config, pop_size=8, n_gen=3, supernet=replace(config.supernet, steps=150))
     # budgets can be tightened here exactly as with the CLI flags
     result = api.search(config=config, out=args.out, resume=True, ui=RichUI(), sram="256KB")
     for member in result.pareto:

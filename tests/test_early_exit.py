@@ -4,10 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgenas.nn.early_exit import EarlyExitNet, exit_decisions
+from edgenas import cost
+from edgenas.nn.early_exit import EarlyExitNet, exit_decisions, truncate_after
+from edgenas.stats import accuracy_interval, clopper_pearson_lower, clopper_pearson_upper
+from edgenas.targets import load_target
 from edgenas.train.exits import (ExitTrainingConfig, cost_regulariser, exit_probabilities, nachos_loss,
                                  train_exit_heads, train_final_head)
-from edgenas.train.thresholds import apply_policy, choose_policy, path_costs
+from edgenas.train.thresholds import apply_policy, choose_policy, exit_loss_upper_bound, path_costs
 
 
 class CountingSegment(nn.Module):
@@ -145,22 +148,108 @@ def test_path_costs_count_every_head_evaluated_before_the_exit():
     assert path_costs(backbone, heads, [False, True]).tolist() == [10.0, 28.0, 44.0]
 
 
-def test_choose_policy_prefers_the_cheapest_combination_within_the_accuracy_floor():
+def test_choose_policy_prefers_the_cheapest_combination_within_the_loss_bound():
     rng = np.random.default_rng(0)
-    n = 400
+    n = 1200  # enough images that zero harmful flips certify a <= 1 pt loss (bound 0.31 %)
     y = rng.integers(0, 3, n)
     preds = np.stack([y, y, y], axis=1).copy()
-    hard = np.arange(n) >= 300
+    hard = np.arange(n) >= 900
     preds[hard, 0] = (y[hard] + 1) % 3         # exit 0 is wrong on the hard quarter
     conf = np.zeros((n, 2))
     conf[~hard, 0] = 0.95                      # ... and knows it
     conf[hard, 0] = 0.05
     conf[:, 1] = 0.9
-    policy = choose_policy(preds, conf, y, [10, 20, 30], [1, 1, 1], max_accuracy_drop=0.0)
-    assert policy.accuracy == 1.0
+    policy = choose_policy(preds, conf, y, [10, 20, 30], [1, 1, 1], max_accuracy_drop=0.01)
+    assert policy.accuracy == 1.0 and policy.harmful_flips == 0
     assert policy.active[0] and policy.exit_rates[0] == pytest.approx(0.75)
     taken = apply_policy(preds, conf, policy.active, policy.thresholds)
     assert (taken[~hard] == 0).all() and (taken[hard] > 0).all()
     # expected cost accounts the exit-0 head on every path
     assert policy.expected_cost == pytest.approx(float(np.bincount(taken, minlength=3) / n
                                                        @ path_costs([10, 20, 30], [1, 1, 1], policy.active)))
+
+
+def test_clopper_pearson_bounds_match_hand_computed_values():
+    from scipy.stats import binom, binomtest
+    # k = 0 and k = n have closed forms: (1 - u)^n = alpha and l^n = alpha
+    assert clopper_pearson_upper(0, 360, 0.025) == pytest.approx(1 - 0.025 ** (1 / 360), rel=1e-9)
+    assert clopper_pearson_upper(0, 360, 0.025) == pytest.approx(0.01019, abs=1e-5)   # the 1.02 % of the docs
+    assert clopper_pearson_lower(360, 360, 0.025) == pytest.approx(0.025 ** (1 / 360), rel=1e-9)
+    assert clopper_pearson_lower(0, 360, 0.025) == 0.0 and clopper_pearson_upper(360, 360, 0.025) == 1.0
+    # otherwise the bound is where the binomial tail equals alpha
+    assert binom.cdf(3, 360, clopper_pearson_upper(3, 360, 0.025)) == pytest.approx(0.025, rel=1e-6)
+    assert binom.sf(1, 360, clopper_pearson_lower(2, 360, 0.025)) == pytest.approx(0.025, rel=1e-6)
+    ci = binomtest(331, 360).proportion_ci(0.95, method="exact")
+    assert accuracy_interval(331 / 360, 360) == pytest.approx([ci.low, ci.high], rel=1e-9)
+    # the paired loss bound: Bonferroni split of delta, the beneficial flips' lower bound subtracted
+    assert exit_loss_upper_bound(3, 2, 360, 0.05) == pytest.approx(
+        clopper_pearson_upper(3, 360, 0.025) - clopper_pearson_lower(2, 360, 0.025), rel=1e-12)
+
+
+def one_exit_case(n: int, harmful: int, fires: int):
+    """Two exits: the final exit is always right; exit 0 fires (confidence 0.95) on the first `fires` samples and is
+    wrong on `harmful` of them."""
+    y = np.arange(n) % 3
+    preds = np.stack([y, y], axis=1).copy()
+    preds[:harmful, 0] = (y[:harmful] + 1) % 3
+    conf = np.full((n, 1), 0.05)
+    conf[:fires, 0] = 0.95
+    return preds, conf, y
+
+
+def test_guard_rejects_a_policy_that_passes_a_raw_one_point_floor_by_noise():
+    preds, conf, y = one_exit_case(360, harmful=3, fires=180)
+    exit_policy_accuracy = 1 - 3 / 360
+    assert 1.0 - exit_policy_accuracy < 0.01                         # the old raw floor accepted it ...
+    assert exit_loss_upper_bound(3, 0, 360, 0.05) > 0.02              # ... but the loss may well exceed 2 pt
+    policy = choose_policy(preds, conf, y, [10, 30], [1, 1], max_accuracy_drop=0.01)
+    assert policy.active == (False,) and policy.loss_upper_bound == 0.0 and policy.accuracy == 1.0
+    # with 360 images even a flawless exit cannot certify 1 pt at delta 0.05 (bound 1.02 %); 2 pt it can
+    clean = one_exit_case(360, harmful=0, fires=180)
+    assert choose_policy(*clean, [10, 30], [1, 1], max_accuracy_drop=0.01).active == (False,)
+    assert choose_policy(*clean, [10, 30], [1, 1], max_accuracy_drop=0.02).active == (True,)
+
+
+def test_guard_accepts_a_clean_exit_on_a_thousand_images():
+    preds, conf, y = one_exit_case(1000, harmful=0, fires=500)
+    policy = choose_policy(preds, conf, y, [10, 30], [1, 1], max_accuracy_drop=0.01)
+    assert policy.active == (True,) and policy.exit_rates == pytest.approx((0.5, 0.5))
+    assert (policy.harmful_flips, policy.beneficial_flips) == (0, 0)
+    assert policy.loss_upper_bound == pytest.approx(1 - 0.025 ** (1 / 1000), rel=1e-9)   # 0.37 %
+    # min_accuracy still applies to the point accuracy
+    assert choose_policy(preds, conf, y, [10, 30], [1, 1], min_accuracy=1.0).accuracy == 1.0
+
+
+def conv_relu(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU())
+
+
+def test_truncated_net_gives_the_longer_nets_exit_logits_and_costs_only_the_shorter_net():
+    torch.manual_seed(0)
+    long_net = EarlyExitNet([conv_relu(1, 4), conv_relu(4, 6), conv_relu(6, 8)],
+                            [head(4, 5), head(6, 5), head(8, 4)], 4, (1, 8, 8)).eval()
+    x = torch.randn(64, 1, 8, 8)
+    with torch.no_grad():  # thresholds from the confidences, so that every exit is taken by some samples
+        cumulative = 1 - torch.cumprod(1 - long_net.forward_all(x)[1], dim=1)
+    long_net.thresholds = [float(torch.quantile(cumulative[:, i], q)) for i, q in ((0, 0.7), (1, 0.5))]
+    short = truncate_after(long_net, 1)
+    assert short.n_exits == 2 and short.thresholds == long_net.thresholds[:1]
+    with torch.no_grad():
+        long_logits, long_taken = long_net(x)
+        short_logits, short_taken = short(x)
+        long_all, _ = long_net.forward_all(x)
+        short_all, _ = short.forward_all(x)
+    left_early = long_taken <= 1
+    assert left_early.any() and (~left_early).any()
+    assert torch.equal(short_taken[left_early], long_taken[left_early])
+    assert torch.allclose(short_logits[left_early], long_logits[left_early])
+    assert torch.allclose(short_all[-1], long_all[1])     # every sample: exit 1's class logits, no confidence column
+    # the cost front end sees exactly a network built as the shorter one
+    torch.manual_seed(1)
+    built_short = EarlyExitNet([conv_relu(1, 4), conv_relu(4, 6)], [head(4, 5), head(6, 4)], 4, (1, 8, 8))
+    target = load_target("cortex-m7")
+    got, want, full = (cost.analyze(cost.from_torch(n), target) for n in (short, built_short, long_net))
+    assert list(got.macs_per_exit) == list(want.macs_per_exit) and got.params == want.params
+    assert got.macs_per_exit[-1] < full.macs_per_exit[-1] and got.params < full.params
+    with pytest.raises(ValueError, match="not an intermediate exit"):
+        truncate_after(long_net, 2)

@@ -19,7 +19,8 @@ from edgenas.search.driver import SearchConfig, load_candidate
 from edgenas.train.exits import ExitTrainingConfig
 from edgenas.train.supernet import SupernetConfig
 
-TINY = SearchConfig(pop_size=4, n_gen=2, supernet=SupernetConfig(epochs=2, batch_size=128, n_random=1),
+TINY = SearchConfig(dataset="digits", pop_size=4, n_gen=2,
+                    supernet=SupernetConfig(steps=12, batch_size=128, n_random=1, lr_warmup_steps=2),
                     evaluation=EvaluationConfig(exits=ExitTrainingConfig(epochs=4, support_from_epoch=2), bn_batches=2))
 VOLATILE = ("eval_seconds",)
 
@@ -63,6 +64,11 @@ def test_tiny_search_writes_a_complete_run_folder(tiny_run):
         assert abs(sum(r["val_exit_rates"]) - 1) < 1e-9 and abs(sum(r["test_exit_rates"]) - 1) < 1e-9
         assert len(r["macs_per_exit"]) == r["n_exits"] == len(r["thresholds"]) + 1
         assert r["macs_per_exit"] == sorted(r["macs_per_exit"])
+        lo, hi = r["val_accuracy_ci"]
+        assert lo <= r["val_accuracy"] <= hi and r["n_val"] > 0 and r["n_test"] > 0
+        # the guard: a deployed exit policy certifies its loss; the final exit alone loses nothing
+        assert r["exit_loss_upper_bound"] <= TINY.evaluation.max_accuracy_drop + 1e-12
+        assert any(r["active_exits"]) or r["exit_loss_upper_bound"] == 0.0
     for m in result.pareto:
         assert m["feasible"] and not m["violations"]
         assert (out / "checkpoints" / f"candidate_{m['id']}.pt").is_file()
@@ -166,7 +172,7 @@ def test_cli_export_compile_profile_pipeline_agrees_with_onnxruntime(tiny_run, t
     assert cli_main(["export", str(out), "--best", "--out", str(export_dir)]) == 0
     exits = json.loads((export_dir / "exits.json").read_text())
     assert exits["meta"]["dataset"] == "digits" and (export_dir / "model.onnx").is_file()
-    capsys.readouterr()
+    assert capsys.readouterr().out.startswith("--best: #")  # why this member, in one line
     assert cli_main(["compile", str(export_dir / "model.onnx"), "--target", "cortex-m7", "--out", str(fw_dir),
                      "--test-inputs", "6", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

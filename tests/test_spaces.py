@@ -5,7 +5,7 @@ import torch
 
 from edgenas.errors import EdgenasError
 from edgenas.spaces import create_space, list_spaces
-from edgenas.nn.early_exit import drop_exits
+from edgenas.nn.early_exit import deployed_network, drop_exits
 from edgenas.spaces.mbv3 import DEPTHS, EXPANDS, KERNELS, MAX_DEPTH, N_STAGES, RESOLUTIONS, WIDTHS
 
 
@@ -111,3 +111,27 @@ def test_drop_exits_keeps_the_backbone_function(space):
     with torch.no_grad():
         assert torch.allclose(slim.forward_all(x)[0][-1], net.forward_all(x)[0][-1])
         assert torch.allclose(slim.forward_all(x)[0][0], net.forward_all(x)[0][1])
+
+
+def test_truncated_network_with_an_exit_head_as_final_head_costs_exports_and_reloads(space):
+    """A policy cut after exit 2 of [on, off, on]: its ExitHead becomes the final head (without confidence row)."""
+    from edgenas import cost
+    from edgenas.export import export_stage_protos
+    from edgenas.targets import load_target
+    torch.manual_seed(0)
+    arch = space.smallest(True)
+    net = space.build(arch, space.supernet(1, 10)).eval()
+    short = deployed_network(net, [True, False, True], [0.5], truncated_after_exit=2)
+    assert short.n_exits == 2 and short.thresholds == [0.5]
+    x = torch.rand(3, *net.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(short.forward_all(x)[0][-1], net.forward_all(x)[0][2])
+    target = load_target("cortex-m7")
+    got, full = (cost.analyze(cost.from_torch(n), target) for n in (short, net))
+    assert got.macs_per_exit[-1] < full.macs_per_exit[2] < full.macs_per_exit[-1] and got.params < full.params
+    assert len(export_stage_protos(short)) == 2
+    # what load_candidate does with a checkpoint: the same deployment of an empty network takes the state_dict
+    reloaded = deployed_network(space.build_empty(arch, 1, 10), [True, False, True], [0.5], truncated_after_exit=2)
+    reloaded.load_state_dict(short.state_dict())
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(x)[0], short(x)[0])

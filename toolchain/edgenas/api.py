@@ -16,18 +16,21 @@ def default_run_dir(target: str, method: str, dataset: str, seed: int) -> Path:
     return Path("runs") / f"{safe(target)}-{method}-{safe(dataset.split(':')[0])}-s{seed}"
 
 
-def search(target: str = "cortex-m7", dataset: str = "digits", method: str = "nachos", out=None, seed: int = 0,
+def search(target: str | None = None, dataset: str | None = None, method: str = "nachos", out=None, seed: int = 0,
            resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
-           pop_size=None, generations=None, supernet_epochs=None, epochs=None, zo_variant="zodarts+", ui=None,
+           pop_size=None, generations=None, supernet_steps=None, epochs=None, zo_variant="zodarts+", ui=None,
            config=None, workers=None):
-    """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting."""
+    """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting;
+    target and dataset default to the config's (SearchConfig's defaults: cortex-m7, mnist5k)."""
     from edgenas.search.driver import SearchConfig, run_search
     if method not in ("nachos", "flatnas", "zodarts"):
         raise EdgenasError(f"unknown search method '{method}'", "use --method nachos, flatnas or zodarts")
+    cfg = config or SearchConfig()
+    target = cfg.target if target is None else target
+    dataset = cfg.dataset if dataset is None else dataset
     if method == "zodarts":
         return _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy,
                                epochs, zo_variant, ui)
-    cfg = config or SearchConfig()
     changes = dict(target=target, dataset=dataset, method=method, seed=seed, latency=latency, sram=sram,
                    flash=flash, macs=macs, min_accuracy=min_accuracy)
     if pop_size is not None:
@@ -35,9 +38,9 @@ def search(target: str = "cortex-m7", dataset: str = "digits", method: str = "na
     if generations is not None:
         changes["n_gen"] = generations
     cfg = replace(cfg, **changes)
-    if supernet_epochs is not None:
-        cfg = replace(cfg, supernet=replace(cfg.supernet, epochs=supernet_epochs))
-    for name, value in (("--pop-size", cfg.pop_size), ("--generations", cfg.n_gen), ("--supernet-epochs", cfg.supernet.epochs)):
+    if supernet_steps is not None:
+        cfg = replace(cfg, supernet=replace(cfg.supernet, steps=supernet_steps))
+    for name, value in (("--pop-size", cfg.pop_size), ("--generations", cfg.n_gen), ("--supernet-steps", cfg.supernet.steps)):
         if value < 1:
             raise EdgenasError(f"{name} must be at least 1, got {value}", f"pass a positive {name}")
     if cfg.min_accuracy is not None and not 0.0 <= cfg.min_accuracy <= 1.0:
@@ -62,11 +65,9 @@ def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, ma
 
 
 def search_cli(**opts) -> None:
-    from rich.console import Console
-
     from edgenas.report import print_members
-    from edgenas.ui import RichUI
-    console = Console(stderr=True)
+    from edgenas.ui import RichUI, make_console
+    console = make_console(stderr=True)
     result = search(ui=RichUI(console), **opts)
     if opts.get("method") == "zodarts":
         ex = result.exits or {}
@@ -81,6 +82,11 @@ def search_cli(**opts) -> None:
 
 
 def export_cli(run_dir, candidate, out) -> None:
+    if candidate is None:
+        from edgenas.search.driver import best_member
+        record, reason = best_member(run_dir)
+        print(f"--best: {reason}")
+        candidate = record["id"]
     report = export(run_dir, candidate, out)
     print(report.summary())
 
@@ -106,7 +112,7 @@ def export(run_dir, candidate: int | None = None, out=None):
 
 
 def targets_cli() -> None:
-    from rich.console import Console
+    from edgenas.ui import make_console
     from rich.table import Table
 
     from edgenas.targets import list_targets, load_target
@@ -118,7 +124,7 @@ def targets_cli() -> None:
         table.add_row(name, t.cpu, f"{t.clock_hz / 1e6:.0f}", f"{t.sram_bytes / 1024:.0f}",
                       "-" if t.flash_bytes is None else f"{t.flash_bytes / 1024:.0f}",
                       "-" if t.budgets.latency_s is None else f"{t.budgets.latency_s * 1e3:g}", t.description)
-    Console().print(table)
+    make_console().print(table)
 
 
 def target_show_cli(name: str) -> None:
@@ -133,8 +139,8 @@ def _resolve_model(model) -> Path:
     if not path.exists():
         raise EdgenasError(f"{path} does not exist", "pass an export folder, an .onnx file or a run folder")
     if path.is_dir() and (path / "archive.jsonl").is_file():
-        from edgenas.search.driver import load_candidate
-        _, record, _ = load_candidate(path)
+        from edgenas.search.driver import best_member
+        record, _ = best_member(path)
         out = path / f"export-{record['id']}"
         if not (out / "exits.json").is_file():
             export(path, record["id"], out)
@@ -282,7 +288,7 @@ def analyze_cli(as_json: bool = False, **opts) -> bool:
     if as_json:
         print(json.dumps(result, indent=2))
         return result["fits"]
-    from rich.console import Console
+    from edgenas.ui import make_console
     from rich.table import Table
     table = Table(title=f"{result['model']} on {result['target']} ({result['dtype']})")
     for col in ("layer", "kind", "part", "out shape", "MACs", "params", "out KiB", "live SRAM KiB", "pred. us"):
@@ -291,7 +297,7 @@ def analyze_cli(as_json: bool = False, **opts) -> bool:
         table.add_row(r["name"], r["kind"], f"{r['part']} {r['index']}", "x".join(map(str, r["out_shape"])) or "1",
                       f"{r['macs']:,}", f"{r['params']:,}", f"{r['output_bytes'] / 1024:.1f}",
                       f"{r['live_sram_bytes'] / 1024:.1f}", f"{r['latency_s'] * 1e6:.1f}")
-    console = Console(width=None if Console().is_terminal else 160)
+    console = make_console()
     console.print(table)
     tot = result["totals"]
     for i in range(result["n_exits"]):

@@ -20,7 +20,7 @@ def cli():
 @cli.command()
 @click.option("--target", default="cortex-m7", show_default=True, help="Target name (see `edgenas targets`) or a .toml file.")
 @click.option("--method", type=click.Choice(["nachos", "flatnas", "zodarts"]), default="nachos", show_default=True)
-@click.option("--dataset", default="digits", show_default=True, help="digits | mnist5k | cifar10:DIR | imagefolder:DIR | medmnist:FILE.npz")
+@click.option("--dataset", default="mnist5k", show_default=True, help="mnist5k | digits | cifar10:DIR | imagefolder:DIR | medmnist:FILE.npz")
 @click.option("--out", default=None, help="Run folder (default runs/<target>-<method>-<dataset>-s<seed>).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out, reusing every evaluated candidate.")
@@ -31,7 +31,7 @@ def cli():
 @click.option("--min-accuracy", default=None, type=float, help="Accuracy floor (fraction, on validation).")
 @click.option("--pop-size", default=None, type=int, help="NSGA-II population size.")
 @click.option("--generations", default=None, type=int, help="NSGA-II generations.")
-@click.option("--supernet-epochs", default=None, type=int, help="Supernet training epochs.")
+@click.option("--supernet-steps", default=None, type=int, help="Supernet training steps (optimiser updates; default 600).")
 @click.option("--epochs", default=None, type=int, help="zodarts: search epochs.")
 @click.option("--workers", default=None, type=int,
               help="Processes evaluating candidates (default: one per core, at most 4); the result does not depend on it.")
@@ -46,7 +46,8 @@ def search(**opts):
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--candidate", type=int, default=None, help="Archive id of a Pareto member.")
-@click.option("--best", is_flag=True, help="The most accurate Pareto member (the default).")
+@click.option("--best", is_flag=True, help="The default: among the Pareto members within the 95% interval of the best "
+              "validation accuracy, one with exits, then the cheapest (the choice is printed).")
 @click.option("--out", default=None, help="Output folder (default RUN/export-<id>).")
 def export(run_dir, candidate, best, out):
     """Export a searched network: ONNX with `If` exits, int8 variant, exits.json."""

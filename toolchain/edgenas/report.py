@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgenas.search.pareto import choose_best
 from edgenas.search.runfolder import atomic_write_bytes
 
 
@@ -10,10 +11,17 @@ def _kib(n) -> str:
     return f"{n / 1024:.1f}"
 
 
+def accuracy_cell(record: dict, split: str) -> str:
+    """e.g. "97.2 [96.1, 98.0]": the accuracy on `split` in % with its 95 % Clopper-Pearson interval, when recorded."""
+    text = f"{record[f'{split}_accuracy'] * 100:.1f}"
+    ci = record.get(f"{split}_accuracy_ci")  # absent in runs that predate the intervals and in ZO-DARTS+ no-exit runs
+    return text if ci is None else f"{text} [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]"
+
+
 def member_rows(members: list[dict]) -> list[list[str]]:
     rows = []
     for r in members:
-        rows.append([str(r["id"]), f"{r['test_accuracy'] * 100:.2f}", f"{r['val_accuracy'] * 100:.2f}",
+        rows.append([str(r["id"]), accuracy_cell(r, "test"), accuracy_cell(r, "val"),
                      str(r["n_exits"]), " / ".join(f"{v * 100:.0f}" for v in r["test_exit_rates"]),
                      f"{r['macs_expected'] / 1e6:.3f}", f"{r['macs_worst'] / 1e6:.3f}",
                      f"{r['latency_expected_s'] * 1e3:.2f}", f"{r['latency_worst_s'] * 1e3:.2f}",
@@ -21,7 +29,7 @@ def member_rows(members: list[dict]) -> list[list[str]]:
     return rows
 
 
-HEADER = ["id", "test acc %", "val acc %", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
+HEADER = ["id", "test acc % [95% CI]", "val acc % [95% CI]", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
           "E[lat] ms", "worst lat ms", "SRAM KiB", "flash KiB", "architecture"]
 
 
@@ -38,7 +46,12 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
              f"- Pareto members: {len(members)}; hypervolume (error x latency/budget): {hv:.4f}",
              "- latency is the target cost model's prediction (see the target's provenance), not a measurement;",
              "  expected values use validation exit rates and count every head evaluated before the exit taken;",
-             "  accuracy is on the held-out test split, never used for selection.", "",
+             "  accuracy is on the held-out test split, never used for selection; brackets are 95 % Clopper-Pearson",
+             "  intervals: members whose intervals overlap are not told apart by this test split"
+             + (f" ({members[0]['n_test']} images, one image = {100 / members[0]['n_test']:.2f} pt)."
+                if members and "n_test" in members[0] else "."),
+             f"- `edgenas export --best` takes {choose_best(members)[1]}" if members else "- no member to export",
+             "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in member_rows(members)]
     lines += ood_table(members)
@@ -75,9 +88,13 @@ def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budg
     if members:
         pts = [(r["latency_expected_s"] * 1e3, (1 - r["val_accuracy"]) * 100) for r in members]
         ax.plot(*zip(*pts), "-o", c="#dd4444", ms=5, label="Pareto set")
+        best, _ = choose_best(members)
+        ax.scatter([best["latency_expected_s"] * 1e3], [(1 - best["val_accuracy"]) * 100], s=140, marker="*",
+                   c="#f2b705", edgecolors="k", linewidths=0.6, zorder=5, label="exported by --best")
     if budgets.latency_s:
         ax.axvline(budgets.latency_s * 1e3, ls="--", c="k", lw=0.8, label="latency budget")
-    ax.set_xlabel(f"expected latency on {target_name} (ms, predicted)")
+    ax.set_xscale("log")  # candidates span orders of magnitude in latency; a linear axis crushes the cheap ones
+    ax.set_xlabel(f"expected latency on {target_name} (ms, predicted, log scale)")
     ax.set_ylabel("validation error (%)")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.legend(fontsize=8)
@@ -90,12 +107,14 @@ def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budg
 
 
 def print_members(members: list[dict], console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
-    console = console or Console()
-    table = Table(title="Pareto set (within budgets)")
-    for h in HEADER:
-        table.add_column(h, overflow="fold")
+
+    from edgenas.ui import make_console
+    console = console or make_console()
+    from rich.markup import escape
+    table = Table(title="Pareto set (within budgets)", title_justify="left")
+    for h in HEADER:  # escaped: rich would read "E[lat]" or "[95% CI]" as markup and drop the brackets
+        table.add_column(escape(h), overflow="fold")
     for row in member_rows(members):
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)

@@ -4,6 +4,16 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 
+PIPE_WIDTH = 250  # columns when the output is a pipe or a log: rich would wrap every table at 80 otherwise
+
+
+def make_console(stderr: bool = False):
+    """A rich Console: the terminal's width on a terminal, PIPE_WIDTH in a pipe or log (no folded names or rows)."""
+    from rich.console import Console
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH)
+
+
 class QuietUI:
     @contextmanager
     def task(self, description: str, total: int | None):
@@ -15,8 +25,7 @@ class QuietUI:
 
 class RichUI:
     def __init__(self, console=None):
-        from rich.console import Console
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
 
     @contextmanager
     def task(self, description: str, total: int | None):

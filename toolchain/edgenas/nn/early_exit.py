@@ -10,6 +10,7 @@ only segments and heads up to the taken exit run.
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -116,3 +117,50 @@ def drop_exits(net: EarlyExitNet, keep: Sequence[bool], thresholds: Sequence[flo
             pending = []
     out = EarlyExitNet(segments, heads, net.n_classes, net.input_shape, thresholds)
     return out.train(net.training)
+
+
+def class_logits_head(head: nn.Module, n_classes: int) -> nn.Module:
+    """A copy of an intermediate head without its confidence output: the row n_classes of its last Linear with
+    n_classes + 1 outputs is removed, so the copy returns exactly the head's class logits (n_classes columns)."""
+    out = copy.deepcopy(head)
+    found = [name for name, m in out.named_modules() if isinstance(m, nn.Linear) and m.out_features == n_classes + 1]
+    if not found:
+        raise ValueError(f"{type(head).__name__} has no Linear layer with n_classes + 1 = {n_classes + 1} outputs")
+    parent_name, _, attr = found[-1].rpartition(".")
+    parent = out.get_submodule(parent_name)
+    old = getattr(parent, attr)
+    new = nn.Linear(old.in_features, n_classes, bias=old.bias is not None,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[:n_classes])
+        if old.bias is not None:
+            new.bias.copy_(old.bias[:n_classes])
+    setattr(parent, attr, new)
+    return out
+
+
+def truncate_after(net: EarlyExitNet, exit_index: int) -> EarlyExitNet:
+    """The network cut after intermediate exit `exit_index`, which becomes its final exit.
+
+    For a policy under which no sample reaches the later exits, the layers after this exit are dead weight on the
+    device (flash, and worst-case latency): the shorter network gives exactly the longer one's class logits to every
+    sample that leaves at or before this exit. Segments and earlier heads are shared; the new final head is a copy of
+    the intermediate head without its confidence row; the thresholds of the earlier exits are kept."""
+    if not 0 <= exit_index < net.n_exits - 1:
+        raise ValueError(f"exit {exit_index} is not an intermediate exit of a {net.n_exits}-exit network")
+    heads = list(net.heads[:exit_index]) + [class_logits_head(net.heads[exit_index], net.n_classes)]
+    out = EarlyExitNet(list(net.segments[: exit_index + 1]), heads, net.n_classes, net.input_shape,
+                       net.thresholds[:exit_index])
+    return out.train(net.training)
+
+
+def deployed_network(net: EarlyExitNet, active: Sequence[bool], thresholds: Sequence[float],
+                     truncated_after_exit: int | None = None) -> EarlyExitNet:
+    """The network an exit policy deploys: cut after exit `truncated_after_exit` (an index into `net`'s exits, one the
+    policy keeps) when given, then the inactive heads dropped. `thresholds` are those of the deployed network's
+    intermediate exits (the truncation exit, now final, has none)."""
+    if truncated_after_exit is None:
+        return drop_exits(net, active, thresholds)
+    if not active[truncated_after_exit]:
+        raise ValueError(f"cannot truncate after exit {truncated_after_exit}: the policy disables it")
+    return drop_exits(truncate_after(net, truncated_after_exit), active[:truncated_after_exit], thresholds)

@@ -17,7 +17,7 @@ from edgenas.search.evaluate import EvaluationConfig
 from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
 from edgenas.search.nachos import NachosMethod
 from edgenas.search.operators import CanonicalRepair, ResetMutation, SpaceSampling
-from edgenas.search.pareto import closest_misses, hypervolume_2d, pareto_members
+from edgenas.search.pareto import choose_best, closest_misses, hypervolume_2d, pareto_members
 from edgenas.search.runfolder import CONFIG, PARETO, SUPERNET, RunFolder, atomic_torch_save, atomic_write_json, read_json
 from edgenas.train.exits import ExitTrainingConfig
 from edgenas.train.supernet import SupernetConfig
@@ -28,7 +28,7 @@ RESULT_FIELDS_IGNORED_ON_COMPARE = ("id", "eval_seconds")
 @dataclass(frozen=True)
 class SearchConfig:
     target: str = "cortex-m7"
-    dataset: str = "digits"
+    dataset: str = "mnist5k"  # 1,000 validation images: enough to certify a 1-pt exit loss (digits has 359)
     method: str = "nachos"
     space: str = "mbv3"
     seed: int = 0
@@ -152,10 +152,12 @@ def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui
         supernet.eval()
         ui.note(f"supernet loaded from {path}")
         return supernet
-    from edgenas.search.parallel import single_thread
-    # one thread: the trained weights then do not depend on the machine's core count (same seed, same supernet)
-    with ui.task("training supernet", cfg.supernet.epochs) as advance, single_thread():
-        train_supernet(space, supernet, data, cfg.supernet, cfg.seed, progress=lambda e, loss: advance(f"loss {loss:.3f}"))
+    every = 50
+    # a fixed thread count (cfg.supernet.threads), not the core count: the same seed gives the same supernet anywhere
+    with ui.task(f"training supernet ({cfg.supernet.steps} steps, {cfg.supernet.threads} threads)",
+                 -(-cfg.supernet.steps // every)) as advance:
+        train_supernet(space, supernet, data, cfg.supernet, cfg.seed, progress_every=every,
+                       progress=lambda step, loss: advance(f"step {step} loss {loss:.3f}"))
     atomic_torch_save(path, supernet.state_dict())
     return supernet
 
@@ -279,7 +281,7 @@ def _save_members(folder: RunFolder, space, evaluator, members: list[dict], data
             continue
         with single_thread():  # as the workers evaluated it: the re-evaluation must reproduce the record
             record, deployed = evaluator(np.array(m["genome"]))
-        for k in ("test_accuracy", "val_accuracy", "thresholds", "macs_per_exit"):
+        for k in ("test_accuracy", "val_accuracy", "thresholds", "truncated_after_exit", "macs_per_exit"):
             if record[k] != m[k]:
                 raise EdgenasError(f"candidate #{m['id']} did not re-evaluate to its archived {k} "
                                    f"({record[k]} vs {m[k]})", "the evaluation is not deterministic on this machine")
@@ -287,18 +289,17 @@ def _save_members(folder: RunFolder, space, evaluator, members: list[dict], data
 
 
 def checkpoint_dict(space_name: str, record: dict, net, data) -> dict:
-    return {"format": "edgenas-candidate/1", "space": space_name, "id": int(record["id"]), "arch": record["arch"],
+    """What `load_candidate` needs to rebuild the deployed network: architecture, exit policy (active heads, the
+    deployed thresholds, the exit the network was cut after) and weights. Format 2 added `truncated_after_exit`."""
+    return {"format": "edgenas-candidate/2", "space": space_name, "id": int(record["id"]), "arch": record["arch"],
             "active_exits": record["active_exits"], "thresholds": record["thresholds"],
+            "truncated_after_exit": record["truncated_after_exit"],
             "n_classes": int(data.n_classes), "in_channels": int(data.in_channels),
             "state_dict": net.state_dict()}
 
 
-def load_candidate(run_dir, candidate: int | None = None):
-    """(EarlyExitNet in eval mode, archive record, run config) of a Pareto member; candidate None = the best one."""
-    import torch
-
-    from edgenas.spaces import create_space
-    from edgenas.nn.early_exit import drop_exits
+def _run_members(run_dir) -> tuple[RunFolder, dict, dict[int, dict], list[dict]]:
+    """(folder, config, archive records by id, Pareto members) of a finished run."""
     folder = RunFolder(run_dir)
     if not Path(run_dir).is_dir():
         raise EdgenasError(f"run folder not found: {run_dir}", "pass the --out folder of an `edgenas search` run")
@@ -308,8 +309,23 @@ def load_candidate(run_dir, candidate: int | None = None):
     members = [records[i] for i in pareto["members"] if i in records]
     if not members:
         raise EdgenasError(f"{run_dir} has no Pareto members", "the search found no candidate within the budgets")
+    return folder, config, records, members
+
+
+def best_member(run_dir) -> tuple[dict, str]:
+    """(record, one-line reason) of the Pareto member `edgenas export --best` takes (see pareto.choose_best)."""
+    return choose_best(_run_members(run_dir)[3])
+
+
+def load_candidate(run_dir, candidate: int | None = None):
+    """(EarlyExitNet in eval mode, archive record, run config) of a Pareto member; candidate None = the best one."""
+    import torch
+
+    from edgenas.spaces import create_space
+    from edgenas.nn.early_exit import deployed_network
+    folder, config, records, members = _run_members(run_dir)
     if candidate is None:
-        record = max(members, key=lambda r: (r["val_accuracy"], -r["latency_expected_s"]))
+        record, _ = choose_best(members)
     else:
         if candidate not in records:
             raise EdgenasError(f"candidate {candidate} is not in {run_dir}/archive.jsonl",
@@ -326,7 +342,8 @@ def load_candidate(run_dir, candidate: int | None = None):
     space = create_space(ckpt["space"])
     arch = space.arch_from_dict(ckpt["arch"])
     net = space.build_empty(arch, ckpt["in_channels"], ckpt["n_classes"])
-    net = drop_exits(net, ckpt["active_exits"], ckpt["thresholds"])
+    # format-1 checkpoints predate truncation: their networks always end at the final exit
+    net = deployed_network(net, ckpt["active_exits"], ckpt["thresholds"], ckpt.get("truncated_after_exit"))
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
     return net, record, config

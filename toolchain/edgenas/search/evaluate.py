@@ -13,18 +13,20 @@ import numpy as np
 import torch
 
 from edgenas import cost
-from edgenas.nn.early_exit import drop_exits
+from edgenas.nn.early_exit import deployed_network
+from edgenas.stats import accuracy_interval
 from edgenas.train.bn import recalibrate_bn
 from edgenas.train.exits import (ExitTrainingConfig, exit_features, exit_outputs, train_exit_heads,
                                  train_final_head)
-from edgenas.train.thresholds import apply_policy, choose_policy, path_costs
+from edgenas.train.thresholds import RISK_DELTA, apply_policy, choose_policy, path_costs
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
     exits: ExitTrainingConfig = field(default_factory=ExitTrainingConfig)
     bn_batches: int = 8
-    max_accuracy_drop: float = 0.01
+    max_accuracy_drop: float = 0.01   # the most accuracy the exits may cost against the final exit ...
+    risk_delta: float = RISK_DELTA    # ... certified with probability >= 1 - risk_delta (train/thresholds.py)
     dtype: str = "float32"
 
 
@@ -88,7 +90,10 @@ class CandidateEvaluator:
 
 def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: int) -> tuple[object, dict]:
     """Train the exit heads of `net` (backbone frozen), choose thresholds on validation, measure on test, cost the
-    deployed network. Returns (deployed net, record fields). Shared by every search method that emits exits."""
+    deployed network. Returns (deployed net, record fields). Shared by every search method that emits exits.
+
+    Deployed = inactive heads dropped and, when no validation image reaches the final exit, the network cut after
+    the last active exit (`truncated_after_exit`); test rates, accuracy and every cost are those of that network."""
     net.eval()
     t = target
     full_graph = cost.from_torch(net)
@@ -97,24 +102,36 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     backbone_s = [b + t.latency.per_inference_cycles / t.clock_hz for b in backbone_s]
     per_exit_s = t.latency.per_exit_cycles / t.clock_hz
 
-    feats = {name: exit_features(net, getattr(data, name).x) for name in ("train", "val", "test")}
-    train_final_head(net, feats["train"][-1], data.train.y, config.exits, seed)
-    train_exit_heads(net, feats["train"], data.train.y,
+    # heads train on at most max_train_samples images (a prefix of the shuffled train split): their cost per
+    # candidate then does not grow with the dataset, and a few thousand images are plenty for these small heads
+    n_head = min(len(data.train.y), config.exits.max_train_samples)
+    y_head = data.train.y[:n_head]
+    feats = {name: exit_features(net, getattr(data, name).x) for name in ("val", "test")}
+    feats["train"] = exit_features(net, data.train.x[:n_head])
+    train_final_head(net, feats["train"][-1], y_head, config.exits, seed)
+    train_exit_heads(net, feats["train"], y_head,
                      path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
                      budgets.latency_s, config.exits, seed)
     val_pred, val_conf = exit_outputs(net, feats["val"])
     test_pred, test_conf = exit_outputs(net, feats["test"])
     y_val, y_test = data.val.y.numpy(), data.test.y.numpy()
-    policy = choose_policy(val_pred, val_conf, y_val, backbone_s, head_s, budgets.min_accuracy,
-                           config.max_accuracy_drop, per_exit_s)
-    test_taken = apply_policy(test_pred, test_conf, policy.active, policy.thresholds)
+    policy = choose_policy(val_pred, val_conf, y_val, backbone_s, head_s, min_accuracy=budgets.min_accuracy,
+                           max_accuracy_drop=config.max_accuracy_drop, per_exit_cost=per_exit_s,
+                           risk_delta=config.risk_delta)
     n_exits = net.n_exits
+    active = [i for i, a in enumerate(policy.active) if a]
+    # no validation image reaches the final exit: the layers after the last active exit would ship as dead weight
+    truncated = active[-1] if active and policy.exit_rates[-1] == 0 else None
+    keep = active + ([n_exits - 1] if truncated is None else [])
+    thresholds = policy.thresholds[:len(keep) - 1]
+    test_taken = apply_policy(test_pred, test_conf, policy.active, policy.thresholds)
+    if truncated is not None:  # test images that would go on leave at the truncated network's final exit
+        test_taken[test_taken == n_exits - 1] = truncated
     test_rates = np.bincount(test_taken, minlength=n_exits) / len(y_test)
     test_acc = float((test_pred[np.arange(len(y_test)), test_taken] == y_test).mean())
 
-    deployed = drop_exits(net, policy.active, policy.thresholds)
+    deployed = deployed_network(net, policy.active, thresholds, truncated)
     graph = cost.from_torch(deployed)
-    keep = [i for i in range(n_exits) if i == n_exits - 1 or policy.active[i]]
     val_rates = [policy.exit_rates[i] for i in keep]
     test_rates_kept = [float(test_rates[i]) for i in keep]
     report = cost.analyze(graph, t)
@@ -123,10 +140,18 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     return deployed, {
         "active_exits": [bool(a) for a in policy.active],
         "n_exits": len(keep),
-        "thresholds": [float(v) for v in policy.thresholds],
+        "truncated_after_exit": truncated,
+        "thresholds": [float(v) for v in thresholds],
+        "exit_loss_upper_bound": float(policy.loss_upper_bound),
+        "exit_harmful_flips": policy.harmful_flips,
+        "exit_beneficial_flips": policy.beneficial_flips,
+        "n_val": len(y_val),
+        "n_test": len(y_test),
         "val_accuracy": float(policy.accuracy),
+        "val_accuracy_ci": accuracy_interval(policy.accuracy, len(y_val)),
         "val_accuracy_no_exit": float((val_pred[:, -1] == y_val).mean()),
         "test_accuracy": test_acc,
+        "test_accuracy_ci": accuracy_interval(test_acc, len(y_test)),
         "test_accuracy_no_exit": float((test_pred[:, -1] == y_test).mean()),
         "val_exit_rates": val_rates,
         "test_exit_rates": test_rates_kept,

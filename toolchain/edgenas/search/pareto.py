@@ -5,6 +5,9 @@ from typing import Callable
 
 import numpy as np
 
+from edgenas.errors import EdgenasError
+from edgenas.stats import ACCURACY_CONFIDENCE
+
 
 def non_dominated(points: np.ndarray) -> np.ndarray:
     """Indices of the non-dominated rows (minimisation), duplicates kept once (first occurrence)."""
@@ -46,3 +49,39 @@ def closest_misses(records: list[dict], n: int = 3) -> list[dict]:
     """Infeasible records that miss their budgets by the least total relative excess."""
     bad = [r for r in records if not r["feasible"]]
     return sorted(bad, key=lambda r: sum(max(v["excess"], 0.0) for v in r["violations"].values()))[:n]
+
+
+def choose_best(members: list[dict]) -> tuple[dict, str]:
+    """The Pareto member `edgenas export --best` takes, and a one-line reason.
+
+    The most accurate member on validation is not trusted over members a few images behind it: on digits' 359
+    validation images one image is 0.28 pt, so "most accurate" alone can flip with one image. Members whose validation
+    accuracy reaches the lower end of the best member's interval (`val_accuracy_ci`: 95 % two-sided Clopper-Pearson,
+    so a one-sided 97.5 % lower bound) are tied with it. Among those, members with early exits come first (what the
+    search is for), then the lowest expected latency, then the lowest id.
+    """
+    if not members:
+        raise ValueError("choose_best needs at least one Pareto member")
+    if len(members) == 1:  # e.g. ZO-DARTS+ runs: nothing to compare, whatever the record holds
+        return members[0], f"#{members[0]['id']}: the only Pareto member"
+    top = max(members, key=lambda r: (r["val_accuracy"], -r["latency_expected_s"], -r["id"]))
+    if "val_accuracy_ci" not in top:
+        raise EdgenasError(f"candidate #{top['id']} has no validation accuracy interval (the run predates them)",
+                           "pass --candidate ID, or re-run the search")
+    lower = top["val_accuracy_ci"][0]
+    tied = [r for r in members if r["val_accuracy"] >= lower]
+    chosen = min(tied, key=lambda r: (r["n_exits"] <= 1, r["latency_expected_s"], r["id"]))
+    level = f"{ACCURACY_CONFIDENCE * 100:.0f} %"
+    whose = "its own" if chosen is top else f"#{top['id']}"
+    best = (f"the best validation accuracy ({whose}, {top['val_accuracy'] * 100:.1f} %, "
+            f"lower bound {lower * 100:.1f} %)")
+    with_exits = [r for r in tied if r["n_exits"] > 1]
+    if len(tied) == 1:
+        how = f"no other member within the {level} interval of {best}"
+    elif any(r["n_exits"] <= 1 and r["latency_expected_s"] < chosen["latency_expected_s"] for r in tied):
+        which = "the only member" if len(with_exits) == 1 else f"cheapest of {len(with_exits)} members"
+        how = f"{which} with exits among {len(tied)} within the {level} interval of {best}"
+    else:
+        how = f"cheapest of {len(tied)} members within the {level} interval of {best}"
+    exits = f"has {chosen['n_exits']} exits" if chosen["n_exits"] > 1 else "no early exits"
+    return chosen, f"#{chosen['id']}: {how}; {exits}"

@@ -643,6 +643,7 @@ def _target(target):
 
 def _write_run(out: Path, result: ZodartsResult, data) -> None:
     """Write the run folder in a temporary sibling, then rename it into place: no partial output on failure."""
+    from edgenas.search.driver import checkpoint_dict
     from edgenas.search.runfolder import atomic_torch_save, atomic_write_json
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -650,7 +651,7 @@ def _write_run(out: Path, result: ZodartsResult, data) -> None:
         summary = result.to_dict()
         retrain_info = result.retrain or {}
         record = {"id": 0, "arch": result.net_config.to_dict(), "description": result.net_config.describe(),
-                  "active_exits": [False] * (N_STAGES - 1), "thresholds": [],
+                  "active_exits": [False] * (N_STAGES - 1), "thresholds": [], "truncated_after_exit": None,
                   "val_accuracy": retrain_info.get("val_accuracy"), "test_accuracy": retrain_info.get("test_accuracy"),
                   "latency_expected_s": None if result.cost is None else result.cost["latency_worst_s"],
                   "search_seconds": result.search_seconds}
@@ -663,11 +664,7 @@ def _write_run(out: Path, result: ZodartsResult, data) -> None:
         atomic_write_json(tmp / "result.json", summary)
         atomic_write_json(tmp / "pareto.json", {"members": [0]})
         (tmp / "archive.jsonl").write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
-        atomic_torch_save(tmp / "checkpoints" / "candidate_0.pt", {
-            "format": "edgenas-candidate/1", "space": "nb201", "id": 0, "arch": result.net_config.to_dict(),
-            "active_exits": record["active_exits"], "thresholds": record["thresholds"],
-            "n_classes": int(data.n_classes), "in_channels": int(data.in_channels),
-            "state_dict": result.net.state_dict()})
+        atomic_torch_save(tmp / "checkpoints" / "candidate_0.pt", checkpoint_dict("nb201", record, result.net, data))
         if out.exists():
             out.rmdir()  # empty (checked before the search started)
         os.replace(tmp, out)

@@ -36,6 +36,7 @@ class ExitTrainingConfig:
     cost_budget_fraction: float = 0.6  # cost budget = min(target budget, fraction * final-exit cost)
     final_head_epochs: int = 10        # re-fit of the inherited final head on frozen features (0: keep it as inherited)
     final_head_lr: float = 2e-3
+    max_train_samples: int = 1500      # heads and the final-head re-fit use at most this many training images
 
 
 @torch.no_grad()
