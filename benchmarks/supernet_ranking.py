@@ -13,6 +13,10 @@ baseline, and the noise ceiling implied by the ground truth's binomial error.
 
     python benchmarks/supernet_ranking.py --dataset digits --label after
     python benchmarks/supernet_ranking.py --dataset mnist5k --label after --workers 2
+    python benchmarks/supernet_ranking.py --dataset mnist5k --label ablation --set with_smallest=true --set threads=1
+
+The committed "before" results ran this script with PYTHONPATH pointing at commit 6692510's toolchain (epoch-based
+supernet, trained single-threaded as that commit's driver did; all training images for the final-head re-fit).
 """
 from __future__ import annotations
 
@@ -145,16 +149,15 @@ def ground_truth(space, genomes, dataset: str, recipe: StandaloneRecipe, workers
 # --------------------------------------------------------------------------------------------------------------
 # the evaluator under test: inherited weights, scored exactly as the search scores a candidate
 def inherited_scores(space, supernet, data, genomes, seed: int) -> list[dict]:
-    from edgenas.search.evaluate import CandidateEvaluator, EvaluationConfig
+    from edgenas.search.evaluate import CandidateEvaluator, EvaluationConfig, head_training_features
     from edgenas.train.exits import exit_features, train_final_head
     cfg = EvaluationConfig()
     evaluator = CandidateEvaluator(space, supernet, data, None, None, cfg, seed)
     out = []
     for g in genomes:
         arch, key, cand_seed, net = evaluator.build(g)
-        n_head = min(len(data.train.y), cfg.exits.max_train_samples)  # the search's cap, see fit_exit_policy
-        train_final_head(net, exit_features(net, data.train.x[:n_head])[-1], data.train.y[:n_head], cfg.exits,
-                         cand_seed)
+        feats, y_head = head_training_features(net, data, cfg.exits)
+        train_final_head(net, feats[-1], y_head, cfg.exits, cand_seed)
         with torch.no_grad():
             logits = net.heads[-1](exit_features(net, data.val.x)[-1])
         out.append({"key": key, "val_accuracy": float((logits.argmax(1) == data.val.y).float().mean()),
@@ -225,8 +228,6 @@ def main():
     parser.add_argument("--n-archs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes for the stand-alone trainings")
-    parser.add_argument("--supernet-threads", type=int, default=None,
-                        help="intra-op threads for supernet training (default: the library's policy)")
     parser.add_argument("--steps", type=int, default=StandaloneRecipe.steps, help="stand-alone training steps")
     parser.add_argument("--standalone-only", action="store_true", help="only fill the stand-alone cache")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -235,6 +236,7 @@ def main():
 
     from edgenas.data import load_dataset
     from edgenas.search.driver import SearchConfig
+    from edgenas.search.parallel import single_thread
     from edgenas.spaces import create_space
     from edgenas.train.supernet import train_supernet
 
@@ -260,18 +262,12 @@ def main():
         overrides[name] = type(getattr(cfg.supernet, name))(json.loads(value))
     cfg = replace(cfg, supernet=replace(cfg.supernet, **overrides))
     supernet = space.supernet(data.in_channels, data.n_classes)
-    before_threads = torch.get_num_threads()
-    if args.supernet_threads:
-        torch.set_num_threads(args.supernet_threads)
     t0 = time.time()
-    train_supernet(space, supernet, data, cfg.supernet, args.seed)
+    train_supernet(space, supernet, data, cfg.supernet, args.seed)  # threads: cfg.supernet.threads (--set threads=N)
     supernet_seconds = time.time() - t0
-    torch.set_num_threads(before_threads)
     t0 = time.time()
-    with_threads_one = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the search's evaluation workers score candidates
-    inherited = inherited_scores(space, supernet, data, genomes, args.seed)
-    torch.set_num_threads(with_threads_one)
+    with single_thread():  # as the search's evaluation workers score candidates
+        inherited = inherited_scores(space, supernet, data, genomes, args.seed)
     eval_seconds = time.time() - t0
 
     keys = [space.key(g) for g in genomes]

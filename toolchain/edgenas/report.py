@@ -107,11 +107,11 @@ def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budg
 
 
 def print_members(members: list[dict], console=None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from edgenas.ui import make_console
     console = console or make_console()
-    from rich.markup import escape
     table = Table(title="Pareto set (within budgets)", title_justify="left")
     for h in HEADER:  # escaped: rich would read "E[lat]" or "[95% CI]" as markup and drop the brackets
         table.add_column(escape(h), overflow="fold")

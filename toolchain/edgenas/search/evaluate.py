@@ -88,6 +88,15 @@ class CandidateEvaluator:
         return record, deployed
 
 
+def head_training_features(net, data, exits: ExitTrainingConfig) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(features at every exit point, labels) of the training images the final-head re-fit and the exit heads use.
+
+    At most `exits.max_train_samples` images (a prefix of the shuffled train split): the cost of a candidate then
+    does not grow with the dataset, and a few thousand images are plenty for these small heads."""
+    n_head = min(len(data.train.y), exits.max_train_samples)
+    return exit_features(net, data.train.x[:n_head]), data.train.y[:n_head]
+
+
 def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: int) -> tuple[object, dict]:
     """Train the exit heads of `net` (backbone frozen), choose thresholds on validation, measure on test, cost the
     deployed network. Returns (deployed net, record fields). Shared by every search method that emits exits.
@@ -102,12 +111,8 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     backbone_s = [b + t.latency.per_inference_cycles / t.clock_hz for b in backbone_s]
     per_exit_s = t.latency.per_exit_cycles / t.clock_hz
 
-    # heads train on at most max_train_samples images (a prefix of the shuffled train split): their cost per
-    # candidate then does not grow with the dataset, and a few thousand images are plenty for these small heads
-    n_head = min(len(data.train.y), config.exits.max_train_samples)
-    y_head = data.train.y[:n_head]
     feats = {name: exit_features(net, getattr(data, name).x) for name in ("val", "test")}
-    feats["train"] = exit_features(net, data.train.x[:n_head])
+    feats["train"], y_head = head_training_features(net, data, config.exits)
     train_final_head(net, feats["train"][-1], y_head, config.exits, seed)
     train_exit_heads(net, feats["train"], y_head,
                      path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
