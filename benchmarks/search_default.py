@@ -37,7 +37,8 @@ def member_summary(r: dict, in_channels: int, n_classes: int) -> dict:
     base = no_exit_macs(r, in_channels, n_classes)
     kept_rates = r["test_exit_rates"]
     return {
-        "id": r["id"], "description": r["description"], "n_exits": r["n_exits"],
+        "id": r["id"], "description": r["description"], "n_exits": r["n_exits"], "weights": r.get("weights"),
+        "inherited_test_accuracy": r.get("inherited", r)["test_accuracy"],
         "truncated_after_exit": r.get("truncated_after_exit"),
         "val_accuracy": r["val_accuracy"], "val_accuracy_ci": r.get("val_accuracy_ci"),
         "test_accuracy": r["test_accuracy"], "test_accuracy_ci": r.get("test_accuracy_ci"),
@@ -74,10 +75,11 @@ def main():
     from scipy.stats import spearmanr
 
     from edgenas.data import load_dataset
+    from edgenas.search.driver import pareto_records
     from edgenas.search.pareto import choose_best
     config = json.loads((RUN / "config.json").read_text())
     records = [json.loads(line) for line in (RUN / "archive.jsonl").read_text().splitlines() if line.strip()]
-    members = [r for r in records if r["id"] in set(json.loads((RUN / "pareto.json").read_text())["members"])]
+    members = pareto_records(RUN)  # fine-tuned figures when the run fine-tuned its members
     data = load_dataset(config["dataset"])
     best, reason = choose_best(members)
     exported = json.loads((RUN / "export" / "exits.json").read_text())
@@ -96,6 +98,7 @@ def main():
         "spearman_macs_worst_vs_test_accuracy": {"rho": float(rho.statistic), "p_value": float(rho.pvalue)},
         "pareto_size": len(members),
         "exported": {"id": best["id"], "why": reason, "exits_json_n_exits": exported.get("n_exits"),
+                     "exits_json_weights": exported.get("meta", {}).get("weights"),
                      **member_summary(best, data.in_channels, data.n_classes)},
         "best_paying_member": max(paying, key=lambda s: s["expected_macs_saving_vs_no_exit"], default=None),
         "goal_exit_saving_30pct_within_1pt": any(s["expected_macs_saving_vs_no_exit"] >= 0.30 for s in paying),

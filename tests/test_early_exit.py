@@ -253,3 +253,21 @@ def test_truncated_net_gives_the_longer_nets_exit_logits_and_costs_only_the_shor
     assert got.macs_per_exit[-1] < full.macs_per_exit[-1] and got.params < full.params
     with pytest.raises(ValueError, match="not an intermediate exit"):
         truncate_after(long_net, 2)
+
+
+def test_fixed_placement_keeps_every_head_and_falls_back_to_a_threshold_that_never_fires():
+    from edgenas.train.thresholds import NEVER_FIRES
+    # exit 0 is wrong on 3 of the 180 images it takes at every threshold of the grid: none passes the guard at 1 pt
+    preds, conf, y = one_exit_case(360, harmful=3, fires=180)
+    conf[:180] = 0.999
+    policy = choose_policy(preds, conf, y, [10, 30], [1, 1], max_accuracy_drop=0.01, allow_disable=False)
+    assert policy.active == (True,) and policy.thresholds == (NEVER_FIRES,)
+    assert policy.exit_rates == (0.0, 1.0) and policy.loss_upper_bound == 0.0
+    assert policy.expected_cost == 32  # backbone 30 + the kept head (evaluated on every image) + the final head
+    net = tiny_net(thresholds=(NEVER_FIRES, NEVER_FIRES))
+    _, taken = net(torch.rand(16, 1, 8, 8))
+    assert (taken == 2).all()  # the exit rule itself never fires above 1: no special case anywhere downstream
+    # a clean exit: the same threshold as without the restriction
+    clean = one_exit_case(1000, harmful=0, fires=500)
+    assert (choose_policy(*clean, [10, 30], [1, 1], allow_disable=False).thresholds
+            == choose_policy(*clean, [10, 30], [1, 1]).thresholds)

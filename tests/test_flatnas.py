@@ -14,7 +14,7 @@ PARAMS_CAP = 40_000
 
 @pytest.fixture(scope="module")
 def flat_run(tmp_path_factory):
-    cfg = replace(TINY, method="flatnas",
+    cfg = replace(TINY, method="flatnas", finetune_members="all",
                   flatnas=FlatnasConfig(draws=3, finetune_epochs=1, ood_samples=30, ood_severities=(1, 5),
                                         max_params=PARAMS_CAP))
     out = tmp_path_factory.mktemp("flatnas") / "run"
@@ -31,6 +31,20 @@ def test_flatnas_archive_has_flatness_and_corruption_accuracy(flat_run):
         assert len(r["ood_per_corruption"]) == 15
     assert json.loads((out / "pareto.json").read_text())["method"] == "flatnas"
     assert "corruption" in (out / "report.md").read_text()
+
+
+@pytest.mark.e2e
+def test_flatnas_members_are_finetuned_with_sam_and_re_measured(flat_run):
+    out, result = flat_run
+    tuned = [json.loads(line) for line in (out / "finetuned.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in tuned) == sorted(m["id"] for m in result.pareto)
+    for r in tuned:  # SAM, as the search fine-tunes FlatNAS candidates; flatness and OOD of the shipped weights
+        assert r["weights"] == "finetuned" and r["finetune"]["optimizer"] == "sam"
+        assert r["flatness"] >= 0.0 and len(r["ood_per_corruption"]) == 15
+    archive = {r["id"]: r for r in map(json.loads, (out / "archive.jsonl").read_text().splitlines())}
+    for m in result.pareto:  # the search's figures stay beside them
+        assert m["inherited"]["flatness"] == archive[m["id"]]["flatness"]
+        assert m["inherited"]["ood_accuracy"] == archive[m["id"]]["ood_accuracy"]
 
 
 @pytest.mark.e2e

@@ -15,13 +15,16 @@ import torch
 from edgenas import api
 from edgenas.cli import main as cli_main
 from edgenas.search.evaluate import EvaluationConfig, predict_exits
-from edgenas.search.driver import SearchConfig, load_candidate
+from edgenas.search.driver import SearchConfig, best_member, load_candidate
+from edgenas.search.pareto import choose_best
 from edgenas.train.exits import ExitTrainingConfig
+from edgenas.train.finetune import FinetuneConfig
 from edgenas.train.supernet import SupernetConfig
 
 TINY = SearchConfig(dataset="digits", pop_size=4, n_gen=2,
                     supernet=SupernetConfig(steps=12, batch_size=128, n_random=1, lr_warmup_steps=2),
-                    evaluation=EvaluationConfig(exits=ExitTrainingConfig(epochs=4, support_from_epoch=2), bn_batches=2))
+                    evaluation=EvaluationConfig(exits=ExitTrainingConfig(epochs=4, support_from_epoch=2), bn_batches=2),
+                    finetune=FinetuneConfig(steps=20, optimizer="auto"))
 VOLATILE = ("eval_seconds",)
 
 
@@ -35,9 +38,18 @@ def read_archive(run: Path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """A fresh run: fine-tunes the member `export --best` takes (finetune_members "best", the default)."""
     out = tmp_path_factory.mktemp("search") / "run"
     result = api.search(config=TINY, out=out, seed=0)
     return out, result
+
+
+@pytest.fixture(scope="module")
+def tiny_run_resumed(tiny_run, tmp_path_factory):
+    """tiny_run continued with --resume (one worker): every member fine-tuned."""
+    out = tmp_path_factory.mktemp("resumed") / "run"
+    shutil.copytree(tiny_run[0], out)
+    return out, api.search(config=TINY, out=out, seed=0, resume=True, workers=1)
 
 
 @pytest.mark.e2e
@@ -126,6 +138,9 @@ def run_cli(args, capsys):
     (["--sram", "1KB"], "impossible budgets"),
     (["--dataset", "cifar10:/no/such/dir"], "/no/such/dir"),
     (["--pop-size", "0"], "--pop-size"),
+    (["--finetune-steps", "-1"], "--finetune-steps"),
+    (["--method", "zodarts", "--finetune-steps", "10"], "--finetune-steps"),
+    (["--finetune-members", "first"], "--finetune-members"),
 ])
 def test_bad_search_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -172,6 +187,9 @@ def test_cli_export_compile_profile_pipeline_agrees_with_onnxruntime(tiny_run, t
     assert cli_main(["export", str(out), "--best", "--out", str(export_dir)]) == 0
     exits = json.loads((export_dir / "exits.json").read_text())
     assert exits["meta"]["dataset"] == "digits" and (export_dir / "model.onnx").is_file()
+    # the fine-tuned weights ship, and exits.json says so (export checks them against onnxruntime as it writes)
+    assert exits["meta"]["weights"] == "finetuned" and exits["meta"]["finetune"]["steps"] == TINY.finetune.steps
+    assert exits["fp32"]["exit_agreement_vs_torch"] == 1.0
     assert capsys.readouterr().out.startswith("--best: #")  # why this member, in one line
     assert cli_main(["compile", str(export_dir / "model.onnx"), "--target", "cortex-m7", "--out", str(fw_dir),
                      "--test-inputs", "6", "--json"]) == 0
@@ -215,3 +233,105 @@ def test_export_of_a_missing_or_corrupt_run_or_bad_candidate_is_one_line_exit_2(
     code, err = run_cli(["export", str(broken), "--out", str(dest)], capsys)
     assert code == 2 and len(err) == 1 and "pareto.json" in err[0]
     assert not dest.exists()
+
+
+# ------------------------------------------------------------------------------------------ fine-tuned members
+@pytest.mark.e2e
+def test_a_new_run_finetunes_the_member_best_exports_and_resume_the_rest(tiny_run, tiny_run_resumed):
+    out, result = tiny_run
+    inherited_view = [{**m, **m.get("inherited", {}), "weights": "inherited"} for m in result.pareto]
+    first = choose_best(inherited_view)[0]  # what --best took on the search's figures
+    assert [r["id"] for r in read_archive_lines(out / "finetuned.jsonl")] == [first["id"]]
+    assert best_member(out)[0]["id"] == first["id"] and best_member(out)[0]["weights"] == "finetuned"
+    for m in result.pareto:  # every member is exportable: the others with their inherited weights
+        _, record, _ = load_candidate(out, m["id"])
+        assert record["weights"] == ("finetuned" if m["id"] == first["id"] else "inherited")
+    if len(result.pareto) > 1:
+        assert "--resume" in (out / "report.md").read_text()
+    resumed_out, resumed = tiny_run_resumed
+    assert resumed.new_evaluations == 0 and all(m["weights"] == "finetuned" for m in resumed.pareto)
+    a = torch.load(out / "checkpoints" / f"candidate_{first['id']}.pt", weights_only=True)["state_dict"]
+    b = torch.load(resumed_out / "checkpoints" / f"candidate_{first['id']}.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the member fine-tuned first is not trained again
+
+
+@pytest.mark.e2e
+def test_finetuning_keeps_architecture_and_exit_placement_and_changes_the_weights(tiny_run_resumed):
+    from edgenas import cost
+    from edgenas.nn.early_exit import deployed_network
+    from edgenas.spaces import create_space
+    out, result = tiny_run_resumed
+    space = create_space("mbv3")
+    archive = {r["id"]: r for r in read_archive(out)}
+    supernet = space.supernet(1, 10)
+    supernet.load_state_dict(torch.load(out / "supernet.pt", weights_only=True))
+    assert json.loads((out / "pareto.json").read_text())["weights"] == "finetuned"
+    assert sorted(r["id"] for r in read_archive_lines(out / "finetuned.jsonl")) == sorted(m["id"] for m in result.pareto)
+    for m in result.pareto:
+        a = archive[m["id"]]
+        net, record, _ = load_candidate(out, m["id"])
+        assert record["weights"] == "finetuned" and record["inherited"]["test_accuracy"] == a["test_accuracy"]
+        assert record["active_exits"] == a["active_exits"] and record["truncated_after_exit"] == a["truncated_after_exit"]
+        assert record["n_exits"] == a["n_exits"] == net.n_exits and len(record["thresholds"]) == net.n_exits - 1
+        # the same network as the archived member's deployed one: parameter names and shapes, MACs, SRAM, flash
+        arch = space.arch_from_dict(a["arch"])
+        inherited = deployed_network(space.build(arch, supernet), a["active_exits"], a["thresholds"],
+                                     a["truncated_after_exit"])
+        shapes = lambda n: {k: tuple(v.shape) for k, v in n.state_dict().items()}  # noqa: E731
+        assert shapes(net) == shapes(inherited)
+        assert record["macs_per_exit"] == a["macs_per_exit"] and record["flash_bytes"] == a["flash_bytes"]
+        assert record["peak_sram_bytes"] == a["peak_sram_bytes"]
+        assert cost.macs_per_exit(cost.from_torch(net)) == a["macs_per_exit"]
+        # ... with other weights: the backbone trained
+        changed = [k for k, v in net.state_dict().items() if "segments" in k and v.is_floating_point()
+                   and not torch.equal(v, inherited.state_dict()[k])]
+        assert changed
+
+
+def read_archive_lines(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.e2e
+def test_resume_finetunes_the_missing_members_to_the_same_weights(tiny_run_resumed, tmp_path):
+    """A run stopped after fine-tuning one member: --resume (here with two workers instead of one) fine-tunes the
+    others to exactly the weights and figures of the uninterrupted run."""
+    out, result = tiny_run_resumed
+    assert len(result.pareto) >= 2
+    copy = tmp_path / "stopped"
+    shutil.copytree(out, copy)
+    lines = (copy / "finetuned.jsonl").read_text().splitlines(keepends=True)
+    kept = json.loads(lines[0])["id"]
+    (copy / "finetuned.jsonl").write_text(lines[0])
+    for m in result.pareto:
+        if m["id"] != kept:
+            (copy / "checkpoints" / f"candidate_{m['id']}.pt").unlink()
+    (copy / "pareto.json").unlink()
+    resumed = api.search(config=TINY, out=copy, seed=0, resume=True, workers=2)
+    assert resumed.new_evaluations == 0
+    by_id = lambda rows: {r["id"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in rows}  # noqa: E731
+    assert by_id(read_archive_lines(copy / "finetuned.jsonl")) == by_id(read_archive_lines(out / "finetuned.jsonl"))
+    for m in result.pareto:
+        a = torch.load(out / "checkpoints" / f"candidate_{m['id']}.pt", weights_only=True)["state_dict"]
+        b = torch.load(copy / "checkpoints" / f"candidate_{m['id']}.pt", weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.e2e
+def test_finetune_steps_zero_ships_the_inherited_weights(tiny_run, tmp_path):
+    from dataclasses import replace
+    out, _ = tiny_run
+    copy = tmp_path / "inherited"
+    copy.mkdir()
+    shutil.copy(out / "supernet.pt", copy / "supernet.pt")  # the search would train the same supernet
+    cfg = replace(TINY, finetune=replace(TINY.finetune, steps=0))
+    (copy / "config.json").write_text(json.dumps({**cfg.to_dict(), "versions": {}}))
+    result = api.search(config=cfg, out=copy, seed=0, resume=True)
+    assert not (copy / "finetuned.jsonl").exists()
+    assert json.loads((copy / "pareto.json").read_text())["weights"] == "inherited"
+    archive = {r["id"]: r for r in read_archive(copy)}
+    for m in result.pareto:
+        net, record, _ = load_candidate(copy, m["id"])
+        assert record["weights"] == "inherited" and "inherited" not in record
+        assert record["test_accuracy"] == archive[m["id"]]["test_accuracy"]
+    assert "inherited (supernet) weights" not in (copy / "report.md").read_text()

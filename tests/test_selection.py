@@ -68,10 +68,10 @@ def test_best_member_loads_as_its_truncated_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"dataset": "digits"}))
     (tmp_path / "pareto.json").write_text(json.dumps({"members": [0, 1]}))
     (tmp_path / "archive.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (plain, truncated)))
-    io = SimpleNamespace(n_classes=10, in_channels=1)
     for r in (plain, truncated):
         net = deployed_network(full, r["active_exits"], r["thresholds"], r["truncated_after_exit"])
-        atomic_torch_save(tmp_path / "checkpoints" / f"candidate_{r['id']}.pt", checkpoint_dict("mbv3", r, net, io))
+        atomic_torch_save(tmp_path / "checkpoints" / f"candidate_{r['id']}.pt",
+                          checkpoint_dict("mbv3", {**r, "weights": "inherited"}, net, 10, 1))
     record, reason = best_member(tmp_path)
     assert record["id"] == 1 and reason.startswith("#1: cheapest of 2 members")
     net, loaded, _ = load_candidate(tmp_path)

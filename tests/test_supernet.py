@@ -7,7 +7,8 @@ import torch
 
 from edgenas.data import load_dataset
 from edgenas.spaces.mbv3 import Mbv3Space
-from edgenas.train.supernet import SupernetConfig, lr_factor, train_supernet
+from edgenas.train.steps import lr_factor
+from edgenas.train.supernet import SupernetConfig, train_supernet
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ def default_run_dir(target: str, method: str, dataset: str, seed: int) -> Path:
 
 def search(target: str | None = None, dataset: str | None = None, method: str = "nachos", out=None, seed: int = 0,
            resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
-           pop_size=None, generations=None, supernet_steps=None, epochs=None, zo_variant="zodarts+", ui=None,
-           config=None, workers=None):
+           pop_size=None, generations=None, supernet_steps=None, finetune_steps=None, finetune_members=None, epochs=None,
+           zo_variant="zodarts+", ui=None, config=None, workers=None):
     """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting;
     target and dataset default to the config's (SearchConfig's defaults: cortex-m7, mnist5k)."""
     from edgenas.search.driver import SearchConfig, run_search
@@ -29,6 +29,9 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
     target = cfg.target if target is None else target
     dataset = cfg.dataset if dataset is None else dataset
     if method == "zodarts":
+        if finetune_steps is not None or finetune_members is not None:
+            raise EdgenasError("--finetune-steps/--finetune-members do not apply to --method zodarts (it retrains the derived network)",
+                               "use --epochs for the search; the retraining recipe is in ZodartsConfig")
         return _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy,
                                epochs, zo_variant, ui)
     changes = dict(target=target, dataset=dataset, method=method, seed=seed, latency=latency, sram=sram,
@@ -40,9 +43,15 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
     cfg = replace(cfg, **changes)
     if supernet_steps is not None:
         cfg = replace(cfg, supernet=replace(cfg.supernet, steps=supernet_steps))
+    if finetune_steps is not None:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, steps=finetune_steps))
+    if finetune_members is not None:
+        cfg = replace(cfg, finetune_members=finetune_members)
     for name, value in (("--pop-size", cfg.pop_size), ("--generations", cfg.n_gen), ("--supernet-steps", cfg.supernet.steps)):
         if value < 1:
             raise EdgenasError(f"{name} must be at least 1, got {value}", f"pass a positive {name}")
+    if cfg.finetune.steps < 0:
+        raise EdgenasError(f"--finetune-steps cannot be negative, got {cfg.finetune.steps}", "pass 0 (off) or more")
     if cfg.min_accuracy is not None and not 0.0 <= cfg.min_accuracy <= 1.0:
         raise EdgenasError(f"--min-accuracy must be a fraction in [0, 1], got {cfg.min_accuracy}", "e.g. --min-accuracy 0.9")
     out = Path(out) if out else default_run_dir(cfg.target, method, cfg.dataset, seed)
@@ -77,6 +86,10 @@ def search_cli(**opts) -> None:
                       f"budget violations: {result.violations or 'none'}; run folder: {result.run_dir}")
         return
     print_members(result.pareto)
+    waiting = [m for m in result.pareto if m["weights"] == "inherited"]
+    if waiting and any(m["weights"] == "finetuned" for m in result.pareto):
+        console.print(f"{len(waiting)} of {len(result.pareto)} members still have inherited weights; "
+                      f"`edgenas search --resume --out {result.run_dir}` (same options) fine-tunes them")
     console.print(f"{result.evaluations} candidates evaluated ({result.new_evaluations} new) in "
                   f"{result.wall_seconds:.0f} s; hypervolume {result.hypervolume:.4f}; run folder: {result.run_dir}")
 
@@ -89,6 +102,14 @@ def export_cli(run_dir, candidate, out) -> None:
         candidate = record["id"]
     report = export(run_dir, candidate, out)
     print(report.summary())
+    from edgenas.export.exits_json import read_exits_json
+    meta = read_exits_json(report.out_dir).get("meta", {})
+    if meta.get("weights") == "finetuned":
+        inh, ft = meta["inherited"], meta["finetune"]
+        print(f"weights: fine-tuned ({ft['steps']} steps, {ft['optimizer']}); with the supernet's inherited weights "
+              f"the search measured test accuracy {inh['test_accuracy']:.4f}")
+    else:
+        print(f"weights: {meta.get('weights', 'inherited')}")
 
 
 def export(run_dir, candidate: int | None = None, out=None):
@@ -107,7 +128,10 @@ def export(run_dir, candidate: int | None = None, out=None):
     out = Path(out) if out else Path(run_dir) / f"export-{record['id']}"
     macs = [int(m) for m in cost.macs_per_exit(cost.from_torch(net))]
     meta = {"candidate": record["id"], "run": str(run_dir), "dataset": config["dataset"], "target": config["target"],
-            "description": record["description"]}
+            "description": record["description"], "weights": record["weights"]}
+    if "finetune" in record:  # the recipe of the fine-tuned weights, and the figures of the inherited ones
+        meta["finetune"] = record["finetune"]
+        meta["inherited"] = {k: record["inherited"][k] for k in ("val_accuracy", "test_accuracy")}
     return export_model(net, out, check_x, data.test.y.numpy(), calib_x, macs, meta)
 
 

@@ -32,6 +32,10 @@ def cli():
 @click.option("--pop-size", default=None, type=int, help="NSGA-II population size.")
 @click.option("--generations", default=None, type=int, help="NSGA-II generations.")
 @click.option("--supernet-steps", default=None, type=int, help="Supernet training steps (optimiser updates; default 600).")
+@click.option("--finetune-steps", default=None, type=int,
+              help="Fine-tuning steps of each Pareto member before export (default 600; 0: ship inherited weights).")
+@click.option("--finetune-members", type=click.Choice(["best", "all"]), default=None,
+              help="best (default): fine-tune the member `export --best` takes now, the rest on --resume; all: every member now.")
 @click.option("--epochs", default=None, type=int, help="zodarts: search epochs.")
 @click.option("--workers", default=None, type=int,
               help="Processes evaluating candidates (default: one per core, at most 4); the result does not depend on it.")

@@ -18,10 +18,17 @@ def accuracy_cell(record: dict, split: str) -> str:
     return text if ci is None else f"{text} [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]"
 
 
+def inherited(record: dict) -> dict:
+    """The figures of a member with the supernet's weights, which the search ranked by (the record itself when the
+    member was not fine-tuned)."""
+    return {**record, **record.get("inherited", {})}
+
+
 def member_rows(members: list[dict]) -> list[list[str]]:
     rows = []
     for r in members:
         rows.append([str(r["id"]), accuracy_cell(r, "test"), accuracy_cell(r, "val"),
+                     f"{inherited(r)['test_accuracy'] * 100:.1f}" if "inherited" in r else "-",
                      str(r["n_exits"]), " / ".join(f"{v * 100:.0f}" for v in r["test_exit_rates"]),
                      f"{r['macs_expected'] / 1e6:.3f}", f"{r['macs_worst'] / 1e6:.3f}",
                      f"{r['latency_expected_s'] * 1e3:.2f}", f"{r['latency_worst_s'] * 1e3:.2f}",
@@ -29,7 +36,7 @@ def member_rows(members: list[dict]) -> list[list[str]]:
     return rows
 
 
-HEADER = ["id", "test acc % [95% CI]", "val acc % [95% CI]", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
+HEADER = ["id", "test acc % [95% CI]", "val acc % [95% CI]", "inherited test acc %", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
           "E[lat] ms", "worst lat ms", "SRAM KiB", "flash KiB", "architecture"]
 
 
@@ -50,12 +57,44 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
              "  intervals: members whose intervals overlap are not told apart by this test split"
              + (f" ({members[0]['n_test']} images, one image = {100 / members[0]['n_test']:.2f} pt)."
                 if members and "n_test" in members[0] else "."),
-             f"- `edgenas export --best` takes {choose_best(members)[1]}" if members else "- no member to export",
+             weights_note(members),
+             best_note(members),
              "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in member_rows(members)]
     lines += ood_table(members)
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def best_or_refusal(members: list[dict]) -> tuple[dict | None, str]:
+    """(member, reason) that `export --best` takes, or (None, why it refuses): a report is still written."""
+    from edgenas.errors import EdgenasError
+    if not members:
+        return None, "no member to export"
+    try:
+        return choose_best(members)
+    except EdgenasError as exc:  # e.g. no member meets the budgets with its fine-tuned thresholds
+        return None, f"refuses: {exc.problem}"
+
+
+def best_note(members: list[dict]) -> str:
+    best, reason = best_or_refusal(members)
+    return f"- `edgenas export --best` takes {reason}" if best is not None else f"- `edgenas export --best` {reason}"
+
+
+def weights_note(members: list[dict]) -> str:
+    tuned = [m for m in members if m.get("weights") == "finetuned"]
+    if not tuned:
+        return ("- weights: inherited from the supernet (not fine-tuned): the figures are those the search ranked by "
+                "and those that export ships")
+    recipe = tuned[0]["finetune"]
+    ids = ", ".join("#" + str(m["id"]) for m in tuned)
+    which = "every figure" if len(tuned) == len(members) else (
+        f"for the {len(tuned)} fine-tuned members ({ids}; `edgenas search --resume` "
+        f"fine-tunes the other {len(members) - len(tuned)}, which still show their inherited figures), every figure")
+    return (f"- weights: {which} but \"inherited test acc\" is that of the fine-tuned weights `edgenas export` ships "
+            f"({recipe['steps']} steps, {recipe['optimizer']}, thresholds re-chosen on validation); the search ranked by "
+            "the inherited (supernet) weights, whose test accuracy is in \"inherited test acc\" and in archive.jsonl")
 
 
 def ood_table(members: list[dict]) -> list[str]:
@@ -85,10 +124,16 @@ def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budg
         pts = [(r["latency_expected_s"] * 1e3, (1 - r["val_accuracy"]) * 100) for r in records if r["feasible"] == feasible]
         if pts:
             ax.scatter(*zip(*pts), s=14, **style)
+    best = None
     if members:
-        pts = [(r["latency_expected_s"] * 1e3, (1 - r["val_accuracy"]) * 100) for r in members]
-        ax.plot(*zip(*pts), "-o", c="#dd4444", ms=5, label="Pareto set")
-        best, _ = choose_best(members)
+        pts = [(inherited(r)["latency_expected_s"] * 1e3, (1 - inherited(r)["val_accuracy"]) * 100) for r in members]
+        ax.plot(*zip(*pts), "-o", c="#dd4444", ms=5, label="Pareto set (inherited weights)")
+        tuned = [r for r in members if r.get("weights") == "finetuned"]
+        if tuned:
+            ax.scatter([r["latency_expected_s"] * 1e3 for r in tuned], [(1 - r["val_accuracy"]) * 100 for r in tuned],
+                       s=22, marker="^", c="#2a9d4b", zorder=4, label="Pareto members fine-tuned")
+        best = best_or_refusal(members)[0]
+    if best is not None:
         ax.scatter([best["latency_expected_s"] * 1e3], [(1 - best["val_accuracy"]) * 100], s=140, marker="*",
                    c="#f2b705", edgecolors="k", linewidths=0.6, zorder=5, label="exported by --best")
     if budgets.latency_s:

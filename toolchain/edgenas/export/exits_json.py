@@ -32,7 +32,9 @@ so field names are stable within a format version. Format "edgenas-exits/1":
       "files": {"model": "model.onnx", "static": "model.static.onnx", "int8": "model.int8.onnx"} (those written),
       "fp32": {"accuracy", "n_samples", "exit_agreement_vs_torch", "max_abs_logit_diff"} | null,
       "int8": {"accuracy", "accuracy_drop", "exit_agreement", "max_abs_logit_diff_vs_fp32", "scheme"} | null,
-      "meta": {...}                         # free-form: run folder, candidate id, ...
+      "meta": {...}                         # free-form: run folder, candidate id, ...; from `edgenas export`:
+                                            # "weights": "finetuned" | "inherited" | "retrained" (what ships),
+                                            # "finetune": the recipe, "inherited": the supernet weights' accuracies
     }
 
 Exit rule (computed in float32 outside the stages; the composed ONNX graph and the C driver do the same):

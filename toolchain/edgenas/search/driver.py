@@ -18,8 +18,11 @@ from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
 from edgenas.search.nachos import NachosMethod
 from edgenas.search.operators import CanonicalRepair, ResetMutation, SpaceSampling
 from edgenas.search.pareto import choose_best, closest_misses, hypervolume_2d, pareto_members
-from edgenas.search.runfolder import CONFIG, PARETO, SUPERNET, RunFolder, atomic_torch_save, atomic_write_json, read_json
+from edgenas.search.finetune import member_view
+from edgenas.search.runfolder import (CONFIG, FINETUNED, PARETO, SUPERNET, RunFolder, atomic_torch_save,
+                                      atomic_write_json, read_json)
 from edgenas.train.exits import ExitTrainingConfig
+from edgenas.train.finetune import FinetuneConfig
 from edgenas.train.supernet import SupernetConfig
 
 RESULT_FIELDS_IGNORED_ON_COMPARE = ("id", "eval_seconds")
@@ -44,6 +47,11 @@ class SearchConfig:
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     flatnas: FlatnasConfig = field(default_factory=FlatnasConfig)
+    # Pareto members are fine-tuned before export (search/finetune.py); optimizer "auto": SAM for FlatNAS, else SGD
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(optimizer="auto"))
+    # "best": the run that evaluates the candidates fine-tunes the member `export --best` takes (what `make demo`
+    # ships, within its time goal), a --resume that finds the search done the rest; "all": every member at once
+    finetune_members: str = "best"
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as config.json stores them
@@ -56,8 +64,11 @@ class SearchConfig:
         ev["exits"] = ExitTrainingConfig(**ev["exits"])
         flat = dict(d.pop("flatnas"))
         flat["ood_severities"] = tuple(flat["ood_severities"])
+        # runs written before member fine-tuning existed shipped inherited weights: steps 0 says so
+        finetune = FinetuneConfig(**d.pop("finetune", {"steps": 0}))
+        d.setdefault("finetune_members", "all")
         return SearchConfig(supernet=SupernetConfig(**d.pop("supernet")), evaluation=EvaluationConfig(**ev),
-                            flatnas=FlatnasConfig(**flat), **d)
+                            flatnas=FlatnasConfig(**flat), finetune=finetune, **d)
 
 
 def method_for(cfg: SearchConfig):
@@ -94,7 +105,7 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _budgets(cfg: SearchConfig):
+def target_and_budgets(cfg: SearchConfig):
     from edgenas.targets import load_target, target_with_budgets
     target = load_target(cfg.target)
     target = target_with_budgets(target, latency=cfg.latency, sram=cfg.sram, flash=cfg.flash, macs=cfg.macs,
@@ -174,8 +185,10 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
     from edgenas.spaces import create_space
     ui = ui or QuietUI()
     method = method_for(cfg)
+    if cfg.finetune_members not in ("best", "all"):
+        raise EdgenasError(f"unknown finetune_members '{cfg.finetune_members}'", "use 'best' or 'all'")
     t0 = time.time()
-    target, budgets = _budgets(cfg)
+    target, budgets = target_and_budgets(cfg)
     data = load_dataset(cfg.dataset)
     space = create_space(cfg.space)
     check_budgets_reachable(space, target, budgets, data.in_channels, data.n_classes)
@@ -227,12 +240,17 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
     members = pareto_members(records, method.objectives)
     ref = method.hypervolume_reference(records, budgets)
     feasible = [r for r in records if r["feasible"]]
+    members = [member_view(m, None) for m in members]
     hv = hypervolume_2d(np.array([[f / q for f, q in zip(method.objectives(r), ref)] for r in feasible]).reshape(-1, 2),
                         (1.0, 1.0))
-    _save_members(folder, space, evaluator, members, data)
+    # "best": the invocation that ran the search fine-tunes the member --best takes; one that finds the search done
+    # (a --resume, e.g. the next `make demo`) fine-tunes the rest
+    only_best = cfg.finetune_members == "best" and new > 0
+    members = prepare_members(folder, space, method, evaluator, members, data, cfg, ui, workers, only_best)
     atomic_write_json(folder.file(PARETO), {"members": [m["id"] for m in members], "hypervolume": hv,
                                             "hypervolume_reference": list(ref), "objectives": list(method.objective_names),
-                                            "method": method.name})
+                                            "method": method.name,
+                                            "weights": "finetuned" if cfg.finetune.steps > 0 else "inherited"})
     write_pareto_plot(folder.file("pareto.png"), records, members, budgets, target.name)
     write_report(folder.file("report.md"), cfg, target, budgets, records, members, hv)
     result = SearchResult(folder.path, records, members, hv, time.time() - t0, len(records), new)
@@ -272,29 +290,59 @@ def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, 
         algorithm.tell(infills=pop)
 
 
-def _save_members(folder: RunFolder, space, evaluator, members: list[dict], data) -> None:
-    """Re-evaluate each Pareto member (deterministic) and save its deployable checkpoint."""
-    from edgenas.search.parallel import single_thread
-    for m in members:
-        path = folder.checkpoint_path(m["id"])
-        if path.is_file():
-            continue
-        with single_thread():  # as the workers evaluated it: the re-evaluation must reproduce the record
-            record, deployed = evaluator(np.array(m["genome"]))
-        for k in ("test_accuracy", "val_accuracy", "thresholds", "truncated_after_exit", "macs_per_exit"):
-            if record[k] != m[k]:
-                raise EdgenasError(f"candidate #{m['id']} did not re-evaluate to its archived {k} "
-                                   f"({record[k]} vs {m[k]})", "the evaluation is not deterministic on this machine")
-        atomic_torch_save(path, checkpoint_dict(space.name, m, deployed, data))
+def prepare_members(folder: RunFolder, space, method, evaluator, members: list[dict], data, cfg: SearchConfig,
+                    ui, workers: int, only_best: bool = False) -> list[dict]:
+    """Give every Pareto member its deployable checkpoint, in parallel: fine-tuned (finetune.steps > 0; with only_best
+    just the member --best takes, which goes first in any case) or with its inherited weights. A fine-tuned member
+    also gets its line in finetuned.jsonl. Returns the members as reported (search.finetune.member_view)."""
+    import functools
+
+    from edgenas.search.finetune import (InheritedCheckpoint, MemberFinetuner, MemberJobs, finetune_order,
+                                         largest_subnet_probabilities, resolve_config)
+    from edgenas.search.parallel import EvaluationPool, single_thread
+    has_checkpoint = lambda i: folder.checkpoint_path(i).is_file()  # noqa: E731
+    # a line without its checkpoint was cut short between the two writes: fine-tune that member again
+    done = {r["id"]: r for r in folder.read_archive(FINETUNED) if has_checkpoint(r["id"])}
+    first = choose_best(members)[0] if members else None
+    tune = [] if cfg.finetune.steps == 0 else [m for m in members if m["id"] not in done and (not only_best or m is first)]
+    tuned_now = {m["id"] for m in tune}
+    keep = [m for m in members if m["id"] not in done and m["id"] not in tuned_now and not has_checkpoint(m["id"])]
+    if tune or keep:
+        config = resolve_config(cfg.finetune, method.name, cfg.flatnas)
+        with single_thread():
+            teacher = (largest_subnet_probabilities(space, evaluator, data)
+                       if tune and config.distill_weight > 0 else None)
+        save = functools.partial(save_member_checkpoint, str(folder.path), space.name, data.n_classes, data.in_channels)
+        jobs = MemberJobs(MemberFinetuner(evaluator, config, teacher, save), InheritedCheckpoint(evaluator, save))
+        what = ", ".join(part for part in (
+            f"fine-tuning {len(tune)} Pareto member{'s' * (len(tune) > 1)} ({config.steps} steps, {config.optimizer})" if tune else "",
+            f"saving {len(keep)} with inherited weights" if keep else "") if part)
+        with ui.task(what, len(tune) + len(keep)) as advance, EvaluationPool(jobs, workers) as pool:
+            for record in pool.imap([("finetune", m) for m in finetune_order(tune, first)] + [("inherited", m) for m in keep]):
+                archived = next(m for m in members if m["id"] == record["id"])
+                if record["weights"] == "finetuned":
+                    folder.append_record(record, FINETUNED)
+                    done[record["id"]] = record
+                    advance(f"#{record['id']} test acc {archived['test_accuracy']:.3f} -> {record['test_accuracy']:.3f}")
+                else:
+                    advance(f"#{record['id']} saved")
+    return [member_view({k: v for k, v in m.items() if k != "weights"}, done.get(m["id"])) for m in members]
 
 
-def checkpoint_dict(space_name: str, record: dict, net, data) -> dict:
+def save_member_checkpoint(run_dir: str, space_name: str, n_classes: int, in_channels: int, record: dict, net) -> None:
+    """Write a member's checkpoint (called in the worker that fine-tuned it: the weights do not travel back)."""
+    atomic_torch_save(RunFolder(run_dir).checkpoint_path(record["id"]),
+                      checkpoint_dict(space_name, record, net, n_classes, in_channels))
+
+
+def checkpoint_dict(space_name: str, record: dict, net, n_classes: int, in_channels: int) -> dict:
     """What `load_candidate` needs to rebuild the deployed network: architecture, exit policy (active heads, the
-    deployed thresholds, the exit the network was cut after) and weights. Format 2 added `truncated_after_exit`."""
-    return {"format": "edgenas-candidate/2", "space": space_name, "id": int(record["id"]), "arch": record["arch"],
+    deployed thresholds, the exit the network was cut after) and weights. Format 2 added `truncated_after_exit`,
+    format 3 `weights` (what the weights are: "inherited" from the supernet, "finetuned", "retrained")."""
+    return {"format": "edgenas-candidate/3", "space": space_name, "id": int(record["id"]), "arch": record["arch"],
             "active_exits": record["active_exits"], "thresholds": record["thresholds"],
-            "truncated_after_exit": record["truncated_after_exit"],
-            "n_classes": int(data.n_classes), "in_channels": int(data.in_channels),
+            "truncated_after_exit": record["truncated_after_exit"], "weights": record["weights"],
+            "n_classes": int(n_classes), "in_channels": int(in_channels),
             "state_dict": net.state_dict()}
 
 
@@ -306,10 +354,18 @@ def _run_members(run_dir) -> tuple[RunFolder, dict, dict[int, dict], list[dict]]
     config = folder.read_config()
     pareto = read_json(folder.file(PARETO), "pareto.json")
     records = {r["id"]: r for r in folder.read_archive()}
-    members = [records[i] for i in pareto["members"] if i in records]
+    finetuned = {r["id"]: r for r in folder.read_archive(FINETUNED)} if pareto.get("weights") == "finetuned" else {}
+    members = [member_view(records[i], finetuned.get(i)) for i in pareto["members"] if i in records]
+    records.update({m["id"]: m for m in members})
     if not members:
         raise EdgenasError(f"{run_dir} has no Pareto members", "the search found no candidate within the budgets")
     return folder, config, records, members
+
+
+def pareto_records(run_dir) -> list[dict]:
+    """The Pareto members of a finished run as reported and exported (fine-tuned figures when fine-tuned, the
+    archive's under "inherited"; see search.finetune.member_view)."""
+    return _run_members(run_dir)[3]
 
 
 def best_member(run_dir) -> tuple[dict, str]:
@@ -346,4 +402,5 @@ def load_candidate(run_dir, candidate: int | None = None):
     net = deployed_network(net, ckpt["active_exits"], ckpt["thresholds"], ckpt.get("truncated_after_exit"))
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
-    return net, record, config
+    # formats 1-2 predate fine-tuning: their weights are the inherited ones
+    return net, {**record, "weights": ckpt.get("weights", "inherited")}, config

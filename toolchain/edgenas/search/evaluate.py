@@ -97,12 +97,17 @@ def head_training_features(net, data, exits: ExitTrainingConfig) -> tuple[list[t
     return exit_features(net, data.train.x[:n_head]), data.train.y[:n_head]
 
 
-def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: int) -> tuple[object, dict]:
+def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: int,
+                    keep_placement: bool = False) -> tuple[object, dict]:
     """Train the exit heads of `net` (backbone frozen), choose thresholds on validation, measure on test, cost the
     deployed network. Returns (deployed net, record fields). Shared by every search method that emits exits.
 
     Deployed = inactive heads dropped and, when no validation image reaches the final exit, the network cut after
-    the last active exit (`truncated_after_exit`); test rates, accuracy and every cost are those of that network."""
+    the last active exit (`truncated_after_exit`); test rates, accuracy and every cost are those of that network.
+
+    keep_placement: `net` is already a deployed network (a fine-tuned Pareto member): every head stays, the network
+    is not cut, and the final head, trained with the backbone, is not re-fitted; only the intermediate heads and
+    the thresholds are chosen again (an exit that cannot pass the guard gets a threshold that never fires)."""
     net.eval()
     t = target
     full_graph = cost.from_torch(net)
@@ -113,7 +118,8 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
 
     feats = {name: exit_features(net, getattr(data, name).x) for name in ("val", "test")}
     feats["train"], y_head = head_training_features(net, data, config.exits)
-    train_final_head(net, feats["train"][-1], y_head, config.exits, seed)
+    if not keep_placement:
+        train_final_head(net, feats["train"][-1], y_head, config.exits, seed)
     train_exit_heads(net, feats["train"], y_head,
                      path_costs(backbone_s, head_s, [True] * (net.n_exits - 1), per_exit_s),
                      budgets.latency_s, config.exits, seed)
@@ -122,11 +128,11 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     y_val, y_test = data.val.y.numpy(), data.test.y.numpy()
     policy = choose_policy(val_pred, val_conf, y_val, backbone_s, head_s, min_accuracy=budgets.min_accuracy,
                            max_accuracy_drop=config.max_accuracy_drop, per_exit_cost=per_exit_s,
-                           risk_delta=config.risk_delta)
+                           risk_delta=config.risk_delta, allow_disable=not keep_placement)
     n_exits = net.n_exits
     active = [i for i, a in enumerate(policy.active) if a]
     # no validation image reaches the final exit: the layers after the last active exit would ship as dead weight
-    truncated = active[-1] if active and policy.exit_rates[-1] == 0 else None
+    truncated = active[-1] if active and policy.exit_rates[-1] == 0 and not keep_placement else None
     keep = active + ([n_exits - 1] if truncated is None else [])
     thresholds = policy.thresholds[:len(keep) - 1]
     test_taken = apply_policy(test_pred, test_conf, policy.active, policy.thresholds)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgenas.search.evaluate import N_CONSTRAINTS, CandidateEvaluator, constraint_values
 
@@ -47,36 +46,14 @@ class FlatnasEvaluator(CandidateEvaluator):
         self.params_cap = flatnas.max_params
 
     def finetune(self, net, seed: int) -> None:
-        """Fine-tune backbone + final head from the inherited weights with (adaptive) SAM."""
-        from edgenas.data import batches, resize
-        from edgenas.train.sam import SAM
-        if self.flat.finetune_epochs <= 0:
-            return
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        params = [p for m in (*net.segments, net.heads[-1]) for p in m.parameters()]
-        opt = SAM(params, torch.optim.SGD, rho=self.flat.rho, adaptive=self.flat.adaptive, lr=self.flat.lr,
-                  momentum=self.flat.momentum, weight_decay=self.flat.weight_decay)
-        res = net.input_shape[-1]
-
-        def final_logits(x):
-            h = x
-            for seg in net.segments:
-                h = seg(h)
-            return net.heads[-1](h)
-
-        net.train()
-        for _ in range(self.flat.finetune_epochs):
-            for x, y in batches(self.data.train, self.flat.batch_size, shuffle=True, generator=gen):
-                x = resize(x, res)
-                F.cross_entropy(final_logits(x), y).backward()
-                opt.first_step()
-                # BN statistics are updated in the first pass only (the reference's disable_running_stats)
-                bn_momenta = _freeze_bn_stats(net)
-                F.cross_entropy(final_logits(x), y).backward()
-                _restore_bn_stats(bn_momenta)
-                opt.second_step()
-        net.eval()
+        """Fine-tune backbone + final head from the inherited weights with (adaptive) SAM, on the train split, for
+        `finetune_epochs` epochs of full batches (train/finetune.py; labels only, cosine learning rate)."""
+        from edgenas.train.finetune import FinetuneConfig, finetune_network
+        steps = self.flat.finetune_epochs * max(1, len(self.data.train.y) // self.flat.batch_size)
+        finetune_network(net, self.data.train, FinetuneConfig(
+            steps=steps, batch_size=self.flat.batch_size, lr=self.flat.lr, momentum=self.flat.momentum,
+            weight_decay=self.flat.weight_decay, lr_warmup_steps=0, label_smoothing=0.0, distill_weight=0.0,
+            optimizer="sam", sam_rho=self.flat.rho, sam_adaptive=self.flat.adaptive), seed)
 
     def extra_metrics(self, deployed, record: dict, seed: int) -> dict:
         from edgenas.data import resize
@@ -104,20 +81,6 @@ class FlatnasEvaluator(CandidateEvaluator):
                 "ood_accuracy": float(ood["mean"]),
                 "ood_per_corruption": {k: float(np.mean(list(v.values()))) for k, v in ood.items() if k != "mean"},
                 "ood_samples": n}
-
-
-def _freeze_bn_stats(net) -> list:
-    saved = []
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            saved.append((m, m.momentum))
-            m.momentum = 0.0
-    return saved
-
-
-def _restore_bn_stats(saved) -> None:
-    for m, momentum in saved:
-        m.momentum = momentum
 
 
 class FlatnasMethod:

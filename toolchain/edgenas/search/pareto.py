@@ -58,12 +58,23 @@ def choose_best(members: list[dict]) -> tuple[dict, str]:
     validation images one image is 0.28 pt, so "most accurate" alone can flip with one image. Members whose validation
     accuracy reaches the lower end of the best member's interval (`val_accuracy_ci`: 95 % two-sided Clopper-Pearson,
     so a one-sided 97.5 % lower bound) are tied with it. Among those, members with early exits come first (what the
-    search is for), then the lowest expected latency, then the lowest id.
+    search is for), then the lowest expected latency, then the lowest id. When only some members were fine-tuned
+    (the rest wait for `--resume`), only those compete: the figures of inherited and fine-tuned weights are not
+    comparable, and what ships should be trained.
     """
     if not members:
         raise ValueError("choose_best needs at least one Pareto member")
+    # fine-tuning re-chooses the thresholds, so a member's expected latency can move past a budget
+    within = [r for r in members if r.get("feasible", True)]
+    if not within:
+        raise EdgenasError("no Pareto member meets the budgets with its fine-tuned weights",
+                           "pass --candidate ID, or re-run the search with --finetune-steps 0")
+    tuned = [r for r in within if r.get("weights") == "finetuned"]
+    members = tuned or within
     if len(members) == 1:  # e.g. ZO-DARTS+ runs: nothing to compare, whatever the record holds
-        return members[0], f"#{members[0]['id']}: the only Pareto member"
+        only = ("the only fine-tuned Pareto member (`edgenas search --resume` fine-tunes the others)"
+                if len(within) > 1 else "the only Pareto member")
+        return members[0], f"#{members[0]['id']}: {only}"
     top = max(members, key=lambda r: (r["val_accuracy"], -r["latency_expected_s"], -r["id"]))
     if "val_accuracy_ci" not in top:
         raise EdgenasError(f"candidate #{top['id']} has no validation accuracy interval (the run predates them)",
@@ -84,4 +95,5 @@ def choose_best(members: list[dict]) -> tuple[dict, str]:
     else:
         how = f"cheapest of {len(tied)} members within the {level} interval of {best}"
     exits = f"has {chosen['n_exits']} exits" if chosen["n_exits"] > 1 else "no early exits"
-    return chosen, f"#{chosen['id']}: {how}; {exits}"
+    among = f" (among the {len(tuned)} fine-tuned members)" if tuned and len(tuned) < len(within) else ""
+    return chosen, f"#{chosen['id']}: {how}{among}; {exits}"

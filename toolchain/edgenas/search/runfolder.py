@@ -6,7 +6,9 @@
   pareto.json      ids of the Pareto members + hypervolume
   pareto.png       error vs expected latency
   report.md        human-readable summary
-  checkpoints/candidate_<id>.pt   deployable weights of every Pareto member (arch + thresholds + state_dict)
+  finetuned.jsonl  one line per fine-tuned Pareto member (the figures of the weights that ship), appended as above
+  checkpoints/candidate_<id>.pt   deployable weights of every Pareto member (arch + thresholds + state_dict;
+                   "weights": "finetuned" or "inherited")
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ CONFIG = "config.json"
 PARETO = "pareto.json"
 SUPERNET = "supernet.pt"
 CHECKPOINTS = "checkpoints"
+FINETUNED = "finetuned.jsonl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -63,15 +66,16 @@ class RunFolder:
     def exists(self) -> bool:
         return self.file(CONFIG).is_file()
 
-    def append_record(self, record: dict) -> None:
+    def append_record(self, record: dict, name: str = ARCHIVE) -> None:
         """One JSON line per candidate; a crash mid-write leaves at most a truncated last line, ignored on read."""
-        with open(self.file(ARCHIVE), "a", encoding="utf-8") as f:
+        with open(self.file(name), "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
-    def read_archive(self) -> list[dict]:
-        path = self.file(ARCHIVE)
+    def read_archive(self, name: str = ARCHIVE) -> list[dict]:
+        """The records of a JSON-lines file of the run (the archive, or finetuned.jsonl)."""
+        path = self.file(name)
         if not path.is_file():
             return []
         records = []
@@ -83,7 +87,7 @@ class RunFolder:
                 if i == len(lines) - 1:
                     break  # killed while writing the last line: that candidate is re-evaluated
                 raise EdgenasError(f"{path}: line {i + 1} is not valid JSON",
-                                   "the archive is corrupt; restore it or start a new run with another --out")
+                                   f"{path.name} is corrupt; restore it or start a new run with another --out")
         return records
 
     def rewrite_archive(self, records: list[dict]) -> None:

@@ -22,7 +22,6 @@ Each subnet sees the batch at its own input resolution.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from edgenas.data import resize
+from edgenas.train.steps import LossHistory, endless_batch_indices, lr_factor
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,6 @@ class SupernetConfig:
     with_smallest: bool = False      # True: the sandwich's smallest subnet at every step too (see the docstring)
     label_smoothing: float = 0.1
     threads: int = 2
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1 over `warmup` steps, then cosine to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _batch_indices(n: int, batch_size: int, gen: torch.Generator):
-    """Endless shuffled epochs of full batches (a partial last batch would give BN a tiny, noisy batch)."""
-    size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n - size + 1, size):
-            yield order[start:start + size]
 
 
 def train_supernet(space, supernet, data, config: SupernetConfig, seed: int, progress=None,
@@ -87,9 +71,9 @@ def _train(space, supernet, data, config: SupernetConfig, seed: int, progress, p
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config.steps, config.lr_warmup_steps))
     largest, smallest = space.largest(), space.smallest()
     warmup_steps = int(round(config.warmup_fraction * config.steps))
-    history, window = [], []
+    history = LossHistory(config.steps, progress_every, progress)
     supernet.train()
-    batches = _batch_indices(len(data.train.y), config.batch_size, gen)
+    batches = endless_batch_indices(len(data.train.y), config.batch_size, gen)
     for step in range(config.steps):
         idx = next(batches)
         x, y = data.train.x[idx], data.train.y[idx]
@@ -106,11 +90,6 @@ def _train(space, supernet, data, config: SupernetConfig, seed: int, progress, p
         torch.nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)
         opt.step()
         sched.step()
-        window.append(float(loss.detach()))
-        if (step + 1) % progress_every == 0 or step + 1 == config.steps:
-            history.append(sum(window) / len(window))
-            window = []
-            if progress is not None:
-                progress(step + 1, history[-1])
+        history.add(step, loss)
     supernet.eval()
-    return history
+    return history.means

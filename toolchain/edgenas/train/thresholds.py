@@ -38,6 +38,9 @@ from edgenas.stats import clopper_pearson_lower, clopper_pearson_upper
 
 THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 RISK_DELTA = 0.05
+# With the exit placement fixed (a fine-tuned member keeps its heads), an exit that cannot pass the guard at any
+# threshold is kept but never fires: 1 - s <= 1 < NEVER_FIRES for every input. The exit rule needs no special case.
+NEVER_FIRES = 2.0
 
 
 @dataclass(frozen=True)
@@ -95,15 +98,18 @@ def path_costs(backbone_cost: Sequence[float], head_cost: Sequence[float], activ
 def choose_policy(preds: np.ndarray, conf: np.ndarray, y: np.ndarray, backbone_cost: Sequence[float],
                   head_cost: Sequence[float], min_accuracy: float | None = None, max_accuracy_drop: float = 0.01,
                   per_exit_cost: float = 0.0, grid: Sequence[float] = THRESHOLD_GRID,
-                  risk_delta: float = RISK_DELTA) -> ExitPolicy:
+                  risk_delta: float = RISK_DELTA, allow_disable: bool = True) -> ExitPolicy:
     """Cheapest policy whose accuracy loss bound (confidence 1 - risk_delta) is <= max_accuracy_drop and whose
-    accuracy is >= min_accuracy; when none is, the most accurate one (the caller's budgets then flag it)."""
+    accuracy is >= min_accuracy; when none is, the most accurate one (the caller's budgets then flag it).
+
+    allow_disable False keeps every head (a fixed exit placement): instead of "disabled", an exit may get the
+    threshold NEVER_FIRES, and its head's cost is still counted."""
     n, n_exits = preds.shape
     n_inter = n_exits - 1
     correct = preds == y[:, None]
     final_correct = correct[:, -1]
     best_key, best = None, None
-    choices = list(grid) + [None]
+    choices = list(grid) + [None if allow_disable else NEVER_FIRES]
     for combo in itertools.product(choices, repeat=n_inter):
         active = tuple(t is not None for t in combo)
         thr = tuple(t for t in combo if t is not None)
@@ -111,13 +117,13 @@ def choose_policy(preds: np.ndarray, conf: np.ndarray, y: np.ndarray, backbone_c
         policy_correct = correct[np.arange(n), taken]
         acc = float(policy_correct.mean())
         rates = np.bincount(taken, minlength=n_exits) / n
-        if any(a and r == 0 for a, r in zip(active, rates[:-1])):
+        if allow_disable and any(a and r == 0 for a, r in zip(active, rates[:-1])):
             continue  # a head that never fires on validation only adds cost: the same combo with it disabled wins
         cost = float(rates @ path_costs(backbone_cost, head_cost, active, per_exit_cost))
         harmful = int((~policy_correct & final_correct).sum())
         beneficial = int((policy_correct & ~final_correct).sum())
         # the final exit alone loses nothing by construction; estimating it would only add sampling slack
-        bound = exit_loss_upper_bound(harmful, beneficial, n, risk_delta) if any(active) else 0.0
+        bound = exit_loss_upper_bound(harmful, beneficial, n, risk_delta) if (taken < n_exits - 1).any() else 0.0
         feasible = bound <= max_accuracy_drop + 1e-12 and acc >= (min_accuracy or 0.0) - 1e-12
         key = (not feasible, cost if feasible else -acc, -acc)
         if best_key is None or key < best_key:

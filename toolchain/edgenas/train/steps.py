@@ -1,0 +1,44 @@
+"""Helpers of step-budgeted training (the supernet and member fine-tuning): batches, the learning-rate schedule and
+the loss history.
+
+A budget in optimiser steps, not epochs, keeps the amount of training independent of the dataset's size."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def endless_batch_indices(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless shuffled epochs of full batches (a partial last batch would give BN a tiny, noisy batch)."""
+    size = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n - size + 1, size):
+            yield order[start:start + size]
+
+
+class LossHistory:
+    """The mean training loss over every `every` steps (and over the last, partial window), each reported to
+    `progress(step, loss)` as it completes."""
+
+    def __init__(self, total: int, every: int, progress: Callable[[int, float], None] | None = None):
+        self.total, self.every, self.progress = total, every, progress
+        self.means: list[float] = []
+        self._window: list[float] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self._window.append(float(loss.detach()))
+        if (step + 1) % self.every == 0 or step + 1 == self.total:
+            self.means.append(sum(self._window) / len(self._window))
+            self._window = []
+            if self.progress is not None:
+                self.progress(step + 1, self.means[-1])
