@@ -24,3 +24,22 @@ def require_tools(in_ci):
         if missing:
             pytest.skip(f"{', '.join(missing)} not installed (Debian: {packages})")
     return check
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny search (tests.test_search.TINY), shared by every test module: (run folder, SearchResult).
+    Tests must not modify it: copy it first (shutil.copytree)."""
+    from edgenas import api
+    from tests.test_search import TINY
+    out = tmp_path_factory.mktemp("search") / "run"
+    return out, api.search(config=TINY, out=out, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory):
+    """The tiny run's --best member exported (the folder holding model.onnx, exits.json, ...). Read-only."""
+    from edgenas import api
+    out = tmp_path_factory.mktemp("export") / "export"
+    api.export(tiny_run[0], None, out)
+    return out

@@ -131,3 +131,30 @@ def test_random_input_runs_match_shapes_in_the_report(if_model):
     logits, exit_index = sess.run(None, {"x": np.zeros((1, 1, 16, 16), np.float32)})
     doc = api.analyze(str(path), target="cortex-m7")
     assert doc["layers"][-1]["out_shape"] == [logits.shape[-1]] and doc["input_shape"] == [1, 16, 16]
+
+
+def _lstm_model(path):
+    from tests.onnx_models import small_model
+    onnx.save(small_model("lstm"), str(path))
+    return path
+
+
+def test_unknown_operator_is_an_error_unless_allowed_then_the_verdict_is_incomplete(tmp_path, capsys):
+    """An LSTM's weights and MACs are not in the cost model: a report that says "params 0, fits" would be wrong."""
+    path = _lstm_model(tmp_path / "lstm.onnx")
+    assert main(["analyze", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "LSTM" in err[0] and "--allow-unknown" in err[0], err
+    assert main(["analyze", str(path), "--allow-unknown"]) == 0
+    out = capsys.readouterr().out
+    assert "unknown operators (MACs and weights not counted): LSTM" in out and "(incomplete: 1 unknown" in out
+    assert main(["analyze", str(path), "--allow-unknown", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["complete"] is False and doc["unknown_ops"] == ["LSTM (LSTM_y)"]
+    assert [r["kind"] for r in doc["layers"]] == ["other"]
+
+
+def test_known_operators_give_a_complete_report(tmp_path):
+    conv_model(tmp_path / "conv.onnx", 3, 8, 16, 2, [True, False])
+    result = api.analyze(tmp_path / "conv.onnx")
+    assert result["complete"] is True and result["unknown_ops"] == []

@@ -301,3 +301,81 @@ def test_ort_profile_of_a_real_session_is_attributed_to_layers(tmp_path):
         want[kind] = want.get(kind, 0) + 1
     assert covered == want
     assert len(meas.totals) == 1 and meas.totals[0].seconds > 0
+
+
+# ------------------------------------------------------------------------------------------------ issue 15
+def _distinct_models(tmp_path, n):
+    return [conv_model(tmp_path / f"d{i}.onnx", 1, 4, 8, i + 1, [True] * (i + 1)) for i in range(n)]
+
+
+def test_too_few_distinct_models_are_refused_and_copies_count_once(tmp_path, capsys):
+    from edgenas.cost.calibrate import MIN_DISTINCT_MODELS
+    models = _distinct_models(tmp_path, MIN_DISTINCT_MODELS)
+    for i in range(3):  # byte-identical copies under other names: the same features, no new information
+        (tmp_path / f"copy{i}.onnx").write_bytes(models[0].read_bytes())
+    rows = [f"{p.name},{1 + i}" for i, p in enumerate(models[:-1])] + [f"copy{i}.onnx,1.1" for i in range(3)]
+    csv_path = tmp_path / "few.csv"
+    csv_path.write_text("model,latency_ms\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "never.toml"
+    assert main(["calibrate", "--target", "x86-host", str(csv_path), "--out", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert f"{MIN_DISTINCT_MODELS - 1} distinct models (7 measured)" in err and f"at least {MIN_DISTINCT_MODELS}" in err
+    assert not out.exists()
+    csv_path.write_text(csv_path.read_text() + f"{models[-1].name},9\n")  # one more distinct model: enough
+    cal = calibrate(load_target("x86-host"), [str(csv_path)])
+    assert cal.cv is not None and cal.cv["model"]["n"] == 8
+
+
+def test_csv_errors_name_the_file_line_counting_comments(tmp_path, capsys):
+    models = _distinct_models(tmp_path, 5)
+    for cell, message in (("1e308", "latency_ms '1e308' ms is out of range"),
+                          ("1e-400", "latency_ms must be a positive number of milliseconds, got '1e-400'"),
+                          ("nan", "latency_ms must be a positive"), ("-inf", "latency_ms must be a positive"),
+                          ("1e-7", "latency_ms '1e-7' ms is out of range")):
+        lines = ["# measured on bench 3", "model,latency_ms", "", f"{models[0].name},1.5", "# rerun:",
+                 f"{models[1].name},{cell}"] + [f"{p.name},2" for p in models[2:]]
+        bad = tmp_path / "rows.csv"
+        bad.write_text("\n".join(lines) + "\n")
+        assert main(["calibrate", "--target", "x86-host", str(bad), "--out", str(tmp_path / "never.toml")]) == 2
+        err = _one_line_error(capsys)
+        assert f"rows.csv:6: {message}" in err, err
+    assert not (tmp_path / "never.toml").exists()
+
+
+def _strict_json(text):
+    """json.loads that refuses NaN and Infinity, which Python writes but JSON does not have."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_calibrate_json_names_and_unwritable_outputs(tmp_path, capsys, monkeypatch):
+    csv_path, _ = e2e_csv(tmp_path, n=6)
+    out = tmp_path / "board.toml"
+    assert main(["calibrate", "--target", "x86-host", str(csv_path), "--out", str(out), "--json"]) == 0
+    doc = _strict_json(capsys.readouterr().out)
+    assert doc["wrote"] == str(out) and doc["n_models"] == 6 and doc["target"] == "x86-host"
+    assert doc["cross_validation"]["model"]["n"] == 6 and "within_10pct" in doc["cross_validation"]["macs_only"]
+    from edgenas.targets import latency_to_dict
+    assert doc["latency"] == latency_to_dict(load_target(str(out)).latency)
+    # a name that would inject TOML is refused before anything is fitted or written
+    for name in ('x"\nsram_bytes = "1KB', "a/b", "", "x" * 65):
+        assert main(["calibrate", "--target", "x86-host", str(csv_path), "--out", str(tmp_path / "n.toml"),
+                     "--name", name]) == 2
+        assert "--name" in _one_line_error(capsys)
+    with pytest.raises(EdgenasError, match="calibrated target name"):
+        calibrate(load_target("x86-host"), [str(csv_path)], name="two words")
+    # an output that cannot be written: one line, and no folder or temporary file left behind
+    (tmp_path / "notes.txt").write_text("mine")
+    for bad_out in (tmp_path / "notes.txt" / "o.toml", tmp_path / "notes.txt" / "new" / "deeper" / "o.toml"):
+        assert main(["calibrate", "--target", "x86-host", str(csv_path), "--out", str(bad_out)]) == 2
+        assert "notes.txt is not a folder" in _one_line_error(capsys)
+    cal = calibrate(load_target("x86-host"), [str(csv_path)], name="ok")
+    fresh = tmp_path / "made" / "by" / "write"
+
+    def failing_replace(src, dst):  # a read-only folder, as root cannot make one
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr("edgenas.cost.calibrate.os.replace", failing_replace)
+    with pytest.raises(EdgenasError, match="cannot write .*Permission denied"):
+        write_override(cal, fresh / "o.toml")
+    assert not (tmp_path / "made").exists()  # the folders it made are removed again, with the temporary file

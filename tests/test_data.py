@@ -322,3 +322,58 @@ def test_medmnist_errors(tmp_path):
     _one_line_error(bad("multi.npz", test_labels=np.zeros((6, 14), np.uint8)), "'test_labels' is uint8 (6, 14)", "multi-label")
     _one_line_error(bad("empty.npz", val_images=np.zeros((0, 28, 28), np.uint8), val_labels=np.zeros((0, 1), np.uint8)),
                     "val split is empty")
+
+
+# ------------------------------------------------------------------------------------------- issue 15: too little data
+
+def test_one_class_datasets_are_refused(tmp_path):
+    for i in range(5):
+        _png(tmp_path / "one" / "cat" / f"{i}.png", 40 + i)
+    _one_line_error(f"imagefolder:{tmp_path / 'one'}", "has 1 class (cat)", "at least 2")
+    arrays = _medmnist()
+    for part in ("train", "val", "test"):
+        arrays[f"{part}_labels"] = np.zeros_like(arrays[f"{part}_labels"])
+    np.savez(tmp_path / "one.npz", **arrays)
+    _one_line_error(f"medmnist:{tmp_path / 'one.npz'}", "has 1 class (0)")
+    arrays = _medmnist()
+    arrays["train_labels"] = np.full_like(arrays["train_labels"], 2)  # 3 classes named, train holds one of them
+    np.savez(tmp_path / "train-one.npz", **arrays)
+    _one_line_error(f"medmnist:{tmp_path / 'train-one.npz'}", "train split holds only class '2'")
+
+
+def test_small_evaluation_splits_warn_once_with_the_reason(tmp_path, capsys):
+    from edgenas.data.core import MIN_EVAL_IMAGES
+    np.savez(tmp_path / "small.npz", **_medmnist(n=(12, 4, MIN_EVAL_IMAGES)))
+    data = load_dataset(f"medmnist:{tmp_path / 'small.npz'}")  # a warning, not an error: it loads
+    assert len(data.val.y) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "val split has only 4 images" in err[0], err
+    assert "rank candidates" in err[0] and f"at least {MIN_EVAL_IMAGES}" in err[0]
+    load_dataset(f"medmnist:{tmp_path / 'small.npz'}")
+    assert capsys.readouterr().err == ""  # once per process
+    load_dataset("digits")  # 359 validation and test images: no warning
+    assert capsys.readouterr().err == ""
+
+
+def _png_header(width, height):
+    """A PNG that declares width x height pixels (PIL checks the size when it opens the file, before decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("pixels", ["over twice the limit (DecompressionBombError)", "over the limit (warning)"])
+def test_decompression_bombs_are_one_line_naming_the_file(tmp_path, monkeypatch, pixels):
+    for c in "ab":
+        for i in range(3):
+            _png(tmp_path / c / f"{i}.png", 9 * i)
+    if pixels.startswith("over twice"):
+        (tmp_path / "b" / "bomb.png").write_bytes(_png_header(100_000, 100_000))
+    else:  # PIL only warns between MAX_IMAGE_PIXELS and twice that; edgenas refuses that range too
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 130)  # the others have 120, the bomb 144
+        _png(tmp_path / "b" / "bomb.png", 3, size=(12, 12))
+    _one_line_error(f"imagefolder:{tmp_path}", "bomb.png", "decompression bomb")

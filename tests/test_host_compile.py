@@ -215,3 +215,27 @@ def test_tuning_refuses_an_incompatible_tvm_ffi(model, tmp_path, monkeypatch):
     with pytest.raises(EdgenasError, match="apache-tvm-ffi==0.1.14.post0"):
         compile_host(model[0], "x86-host", tmp_path / "t", tune_trials=4)
     assert _no_partial_output(tmp_path, "t")
+
+
+def test_cli_build_writes_the_build_log_and_a_clean_terminal(model, tmp_path, capfd):
+    """Third-party messages of a host build (TVM's native logging writes to file descriptor 2) go to build.log."""
+    assert main(["compile", str(model[0]), "--target", "x86-host", "--out", str(tmp_path / "new" / "lib")]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and "Relax VM library for x86-host" in out
+    assert (tmp_path / "new" / "lib" / "build.log").is_file()
+
+
+def test_unsupported_operators_and_bad_out_fail_before_building(tmp_path, capsys):
+    """An LSTM, NonMaxSuppression (data-dependent shape) or an --out under a file: one line, nothing written, no
+    parent folder left behind."""
+    from tests.onnx_models import small_model
+    for kind, fragment in (("lstm", "LSTM (node y)"), ("nms", "NonMaxSuppression (node y)")):
+        path = tmp_path / f"{kind}.onnx"
+        onnx.save(small_model(kind), str(path))
+        assert main(["compile", str(path), "--target", "x86-host", "--out", str(tmp_path / "new" / "a" / "lib")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+        assert not (tmp_path / "new").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["compile", str(path), "--target", "x86-host", "--out", str(tmp_path / "notes.txt" / "lib")]) == 2
+    assert "notes.txt is a file, not a folder" in capsys.readouterr().err

@@ -3,6 +3,7 @@ through the ssh device's transport, here the local transport that runs the same 
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -126,3 +127,80 @@ def test_cli_profile_host_writes_json(build, tmp_path):
     assert main(["profile", str(build), "--target", "x86-host", "--device", "host", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["device"] == "host" and set(doc["tvm"]["runs"]) >= {"1"}
+
+
+CONSTRUCTOR_LIBRARY = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void on_load(void) {  /* runs when the library is loaded */
+  FILE *f = fopen(MARKER, "w");
+  if (f) { fputs("constructor ran\n", f); fclose(f); }
+}
+"""
+
+
+def test_profile_loads_no_library_that_compile_did_not_write(build, tmp_path, capsys, require_tools):
+    """model.so is code: a library swapped into a build folder is refused (one line, exit 2) before it is loaded,
+    so its constructor never runs."""
+    require_tools(("gcc",), "gcc")
+    marker = tmp_path / "constructor-ran.txt"
+    (tmp_path / "evil.c").write_text(CONSTRUCTOR_LIBRARY)
+    subprocess.run(["gcc", "-shared", "-fPIC", f'-DMARKER="{marker}"', str(tmp_path / "evil.c"), "-o",
+                    str(tmp_path / "evil.so")], check=True, capture_output=True)
+    forged = tmp_path / "forged"
+    shutil.copytree(build, forged)
+    shutil.copyfile(tmp_path / "evil.so", forged / "model.so")
+    out = tmp_path / "p.json"
+    assert main(["profile", str(forged), "--target", "x86-host", "--device", "host", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "SHA-256" in err[0] and "model.so" in err[0], err
+    assert not marker.exists() and not out.exists()
+    with pytest.raises(EdgenasError, match="SHA-256"):
+        profile_ssh(forged, "x86-host", LocalTransport(), threads=(1,), repeats=1)
+    assert not marker.exists()
+    # loading that library does run its constructor: the check above can fail
+    subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(forged / 'model.so')!r})"], check=True)
+    assert marker.read_text() == "constructor ran\n"
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda doc: doc.pop("sha256"), "sha256"),
+    (lambda doc: doc["sha256"].pop("model.so"), "records no SHA-256"),
+    (lambda doc: doc["sha256"].update({"model.onnx": "0" * 64}), "model.onnx does not match"),
+    (lambda doc: doc.update(library="/usr/lib/other.so"), "names library"),
+    (lambda doc: doc.update(input_shape=[1, "x"]), "input_shape"),
+])
+def test_profile_refuses_a_build_report_it_cannot_trust(build, tmp_path, change, match):
+    folder = tmp_path / "build"
+    shutil.copytree(build, folder)
+    doc = json.loads((folder / "build.json").read_text())
+    change(doc)
+    (folder / "build.json").write_text(json.dumps(doc))
+    with pytest.raises(EdgenasError, match=match) as err:
+        profile_host(folder, "x86-host", threads=(1,), repeats=1)
+    assert "\n" not in str(err.value)
+
+
+def test_compile_records_the_sha256_of_what_profile_loads(build):
+    import hashlib
+    doc = json.loads((build / "build.json").read_text())
+    for name in ("model.so", "model.onnx"):
+        assert doc["sha256"][name] == hashlib.sha256((build / name).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("device", ["host", "qemu"])
+def test_unwritable_out_fails_before_the_run(monkeypatch, tmp_path, capsys, device):
+    import edgenas.profile.host
+    import edgenas.profile.qemu
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the profile ran although its --out cannot be written")
+    monkeypatch.setattr(edgenas.profile.host, "profile_device", must_not_run)
+    monkeypatch.setattr(edgenas.profile.qemu, "profile_qemu", must_not_run)
+    (tmp_path / "file").write_text("mine")
+    target = "x86-host" if device == "host" else "cortex-m7"
+    argv = ["profile", str(tmp_path), "--target", target, "--device", device,
+            "--out", str(tmp_path / "file" / "p.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write --out" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

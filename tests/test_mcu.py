@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,9 +267,10 @@ def test_model_too_big_names_budget_and_excess(model, tmp_path):
     small.write_text('extends = "cortex-m7"\nname = "tiny-m7"\nflash_bytes = "16KB"\n\n[budgets]\nflash = "16KB"\n')
     export_dir, x_test = model
     with pytest.raises(EdgenasError) as err:
-        compile_mcu(export_dir, load_target(str(small)), tmp_path / "fw", test_inputs=x_test[:2])
+        compile_mcu(export_dir, load_target(str(small)), tmp_path / "fw", test_inputs=x_test[:2], keep_failed=True)
     text = str(err.value)
-    report = json.loads((tmp_path / "fw" / "firmware.json").read_text())  # the size report is kept
+    report = json.loads((tmp_path / "fw" / "firmware.json").read_text())  # kept because keep_failed
+    assert f"kept in {tmp_path / 'fw'} because --keep-failed" in text
     over = report["sizes"]["flash_bytes"] - 16 * 1024
     assert "flash" in text and f"by {over} B" in text and "16384 B budget" in text
     assert report["fits"] is False and report["excess"] == {"flash": over}
@@ -307,3 +309,131 @@ def test_serial_report_cut_short_is_an_error(tmp_path, target):
     from edgenas.profile.mcu_report import parse_report
     with pytest.raises(EdgenasError, match="incomplete firmware report"):
         parse_report("EDGENAS-REPORT 1 counter=dwt_cycles inputs=2 stages=3 classes=10\nEDGENAS INPUT 0 rc=0")
+
+
+SEMIHOSTING_ATTACK = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+extern void edgenas_uart_init(void);
+static int semihost(int op, const void *args) { /* ARM semihosting call: r0 = operation, r1 = argument block */
+  register int r0 __asm__("r0") = op;
+  register const void *r1 __asm__("r1") = args;
+  __asm__ volatile("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
+  return r0;
+}
+void edgenas_fault(void) { printf("EDGENAS FAULT\n"); exit(3); }
+int main(void) {
+  edgenas_uart_init();
+  static const char path[] = HOST_PATH;
+  uint32_t open_args[3] = {(uint32_t)path, 4 /* "w" */, sizeof(path) - 1};
+  int fd = semihost(0x01 /* SYS_OPEN */, open_args);
+  static const char text[] = "written by the firmware\n";
+  uint32_t write_args[3] = {(uint32_t)fd, (uint32_t)text, sizeof(text) - 1};
+  semihost(0x05 /* SYS_WRITE */, write_args);
+  semihost(0x02 /* SYS_CLOSE */, &fd);
+  printf("SEMIHOSTING RETURNED fd=%d\n", fd);
+  return 0;
+}
+"""
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("name", ["cortex-m7", "cortex-m4"])
+def test_firmware_cannot_reach_host_files_through_semihosting(tmp_path, require_tools, name):
+    """A firmware folder is untrusted: an image that opens and writes a host file with semihosting (SYS_OPEN,
+    SYS_WRITE) must fault under the profile's QEMU command and leave the host untouched."""
+    require_tools((fw_mod.GCC, fw_mod.QEMU), "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm")
+    target = load_target(name)
+    victim = tmp_path / "host-file.txt"
+    project = tmp_path / "fw"
+    project.mkdir()
+    fw_mod.copy_fixed_files(project, ("startup.c", "uart_retarget.c"))
+    (project / "attack.c").write_text(SEMIHOSTING_ATTACK)
+    (project / "firmware.ld").write_text(fw_mod.linker_script(target, "qemu", fw_mod.STACK_BYTES))
+    subprocess.run([fw_mod.GCC, *fw_mod.cpu_flags(target), "-O2", f'-DHOST_PATH="{victim}"', "attack.c",
+                    "startup.c", "uart_retarget.c", *fw_mod.link_flags("firmware"), "-o", "firmware.elf"],
+                   cwd=project, check=True, capture_output=True)
+    cmd = qemu_command(project / "firmware.elf", target.qemu_machine)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert not victim.exists()
+    assert "SEMIHOSTING RETURNED" not in run.stdout
+    assert "EDGENAS FAULT" in run.stdout and "EDGENAS EXIT status=3" in run.stdout  # the bkpt faulted, QEMU ended
+    # the same image with semihosting on does write the file: the check above can fail
+    unsafe = [a if a != "enable=off" else "enable=on,target=native" for a in cmd]
+    subprocess.run(unsafe, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert victim.read_text() == "written by the firmware\n"
+
+
+@pytest.mark.toolchain
+def test_profile_refuses_a_semihosting_build_of_an_older_edgenas(firmware_llvm, target, tmp_path):
+    out, _ = firmware_llvm
+    old = tmp_path / "old-fw"
+    shutil.copytree(out, old)
+    report = json.loads((old / "firmware.json").read_text())
+    del report["report_channel"]
+    (old / "firmware.json").write_text(json.dumps(report))
+    with pytest.raises(EdgenasError, match="semihosting build") as err:
+        profile_qemu(old, target)
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------- issue 15
+def _matmul_onnx(path, k: int):
+    """One 1xk @ kx1024 weight matrix: k * 4 KiB of weights (k=384: 1.5 MiB, over cortex-m7's 1 MiB flash)."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, 1024)).astype(np.float32) * .01, "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1024])], [w])
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.mark.toolchain
+def test_over_budget_compile_keeps_its_project_only_with_keep_failed(tmp_path, capfd):
+    from edgenas.cli import main
+    model = _matmul_onnx(tmp_path / "mid.onnx", 384)
+    assert main(["compile", str(model), "--out", str(tmp_path / "new" / "fw")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit target cortex-m7: flash" in err[0] and "--keep-failed" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.onnx"]  # no project, no parent folder
+    assert main(["compile", str(model), "--out", str(tmp_path / "new" / "fw"), "--keep-failed"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"kept in {tmp_path / 'new' / 'fw'} because --keep-failed" in err[0], err
+    report = json.loads((tmp_path / "new" / "fw" / "firmware.json").read_text())
+    assert report["fits"] is False and "flash" in report["excess"]
+    assert (tmp_path / "new" / "fw" / "firmware.elf").is_file()
+
+
+@pytest.mark.toolchain
+def test_tvm_and_llvm_messages_go_to_the_build_log_not_the_terminal(tmp_path, capfd):
+    """TVM's C++ logging writes to file descriptor 2 from native code (capfd sees it, capsys would not)."""
+    from edgenas.cli import main
+    assert main(["compile", str(_matmul_onnx(tmp_path / "small.onnx", 16)), "--out", str(tmp_path / "fw")]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and "firmware for cortex-m7" in out
+    assert "Warning" in (tmp_path / "fw" / "build.log").read_text()  # LLVM's vector-width note for thumbv7em
+    # a failed build: one line, naming the log that holds the messages (the project itself is gone)
+    assert main(["compile", str(_matmul_onnx(tmp_path / "mid.onnx", 384)), "--out", str(tmp_path / "fw2")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "messages are in " in err[0], err
+    log = Path(err[0].split("messages are in ")[1].rstrip(")"))
+    try:
+        assert "Warning" in log.read_text() and not (tmp_path / "fw2").exists()
+    finally:
+        log.unlink()
+
+
+@pytest.mark.toolchain
+def test_weights_beyond_the_qemu_flash_get_the_budget_message_before_linking(tmp_path):
+    with pytest.raises(EdgenasError) as err:
+        compile_mcu(_matmul_onnx(tmp_path / "big.onnx", 1100), load_target("cortex-m7"), tmp_path / "a" / "fw")
+    text = str(err.value)
+    assert "does not fit target cortex-m7: flash of at least 4505600 B (the weights alone)" in text
+    assert "1048576 B budget" in text and "\n" not in text
+    log = text.split("messages are in ")[1].rstrip(")") if "messages are in " in text else None
+    if log:
+        Path(log).unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx"]

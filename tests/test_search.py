@@ -36,12 +36,8 @@ def read_archive(run: Path):
     return [json.loads(line) for line in (run / "archive.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A fresh run: fine-tunes the member `export --best` takes (finetune_members "best", the default)."""
-    out = tmp_path_factory.mktemp("search") / "run"
-    result = api.search(config=TINY, out=out, seed=0)
-    return out, result
+# tiny_run (conftest.py, one per session): a fresh TINY run, which fine-tunes the member `export --best` takes
+# (finetune_members "best", the default)
 
 
 @pytest.fixture(scope="module")

@@ -62,9 +62,9 @@ def test_best_member_loads_as_its_truncated_checkpoint(tmp_path):
     torch.manual_seed(0)
     full = space.build(arch, space.supernet(1, 10)).eval()
     truncated = member(1, 330, 2.0, 2, arch=arch.to_dict(), active_exits=[True, False, True], thresholds=[0.5],
-                       truncated_after_exit=2)
+                       truncated_after_exit=2, description="smallest, cut after exit 2")
     plain = member(0, 331, 3.0, 1, arch=arch.to_dict(), active_exits=[False] * 3, thresholds=[],
-                   truncated_after_exit=None)
+                   truncated_after_exit=None, description="smallest, no exits")
     (tmp_path / "config.json").write_text(json.dumps({"dataset": "digits"}))
     (tmp_path / "pareto.json").write_text(json.dumps({"members": [0, 1]}))
     (tmp_path / "archive.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (plain, truncated)))

@@ -193,6 +193,13 @@ def test_parse_macs(text, value):
     (parse_duration, "50", "bad duration '50'"), (parse_duration, "5 minutes", "bad duration"),
     (parse_duration, "0ms", "bad duration"),
     (parse_macs, "2.5T", "bad MAC count"), (parse_macs, "lots", "bad MAC count"), (parse_macs, "0", "bad MAC count"),
+    # issue 15: out of range (underflow, overflow, absurd) is refused, naming the value, never a traceback
+    (parse_duration, "1e-400ms", "duration '1e-400ms' is out of range"), (parse_duration, "1e400ms", "out of range"),
+    (parse_duration, "0.1ns", "out of range"), (parse_duration, "2h", "bad duration"),
+    (parse_duration, 1e-300, "bad duration"), (parse_duration, float("inf"), "bad duration"),
+    (parse_size, "1e5000KB", "size '1e5000KB' is out of range"), (parse_size, "1e99999999KB", "out of range"),
+    (parse_size, "0.4B", "out of range"), (parse_size, 2**41, "out of range"), (parse_size, "inf", "bad size"),
+    (parse_macs, "1e30G", "out of range"), (parse_macs, "0.4", "out of range"), (parse_macs, 10**16, "out of range"),
 ])
 def test_bad_unit_strings(parse, text, message):
     with pytest.raises(EdgenasError, match=message) as exc:
@@ -260,3 +267,86 @@ def test_refined_kinds_fall_back_and_channel_block_round_trips(tmp_path):
     p.write_text(text.replace("conv1x1", "conv2x2"))
     with pytest.raises(EdgenasError, match="not an operator kind"):
         load_target(str(p))
+
+
+# ------------------------------------------------------------------------------------------------ issue 15
+def test_budget_limits_are_accepted_and_one_past_them_refused():
+    from edgenas.targets import MAX_DURATION_S, MAX_MACS, MAX_SIZE
+    assert parse_duration("1ns") == pytest.approx(1e-9) and parse_duration("3600s") == MAX_DURATION_S
+    assert parse_size("1024GiB") == MAX_SIZE == parse_size("1024GB") and parse_size("1B") == 1 and parse_size("0") == 0
+    assert parse_macs("1e15") == MAX_MACS and parse_macs("1") == 1
+    for parse, text in ((parse_duration, "3601s"), (parse_size, "1025GB"), (parse_macs, "1000001G")):
+        with pytest.raises(EdgenasError, match="out of range"):
+            parse(text)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("clock_hz = 1e300", "key 'clock_hz' is out of range"),
+    ("clock_hz = 0.5", "key 'clock_hz' is out of range"),
+    ("cpi = 1e9", "key 'cpi' is out of range"),
+    ("[latency]\nper_exit_cycles = 1e300", "key 'latency.per_exit_cycles' is out of range"),
+    ("[budgets]\nlatency = \"1e-400ms\"", "key 'budgets.latency' is invalid: duration '1e-400ms' is out of range"),
+    ("[budgets]\nlatency = 0.0", "key 'budgets.latency' is invalid: bad duration"),
+    ("[budgets]\nsram = \"1e99999999KB\"", "key 'budgets.sram' is invalid: size '1e99999999KB' is out of range"),
+    ("sram_bytes = \"1e5000KB\"", "key 'sram_bytes' is not a size"),
+    ("[budgets]\nmacs = 9223372036854775807", "key 'budgets.macs' is invalid"),
+    ('name = "my board"', "key 'name': target name 'my board' is not a valid name"),
+    ('name = "a\\nsram_bytes = 1"', "is not a valid name"),
+])
+def test_out_of_range_target_values_are_one_line_errors(tmp_path, toml, message):
+    p = write(tmp_path, 'extends = "cortex-m7"\n' + toml + "\n")
+    with pytest.raises(EdgenasError) as exc:
+        load_target(str(p))
+    assert message in one_line_error(exc)
+
+
+def test_a_file_name_that_is_no_target_name_needs_a_name_key(tmp_path):
+    p = write(tmp_path, 'extends = "cortex-m7"\n', "my board.toml")
+    with pytest.raises(EdgenasError, match="the file name") as exc:
+        load_target(str(p))
+    assert 'name = "..."' in exc.value.fix
+    p.write_text('extends = "cortex-m7"\nname = "my-board"\n')
+    assert load_target(str(p)).name == "my-board"
+
+
+def test_extends_cycles_are_found_by_resolved_path_and_chains_are_capped(tmp_path):
+    from edgenas.targets import MAX_EXTENDS_DEPTH
+    (tmp_path / "x").mkdir()
+    p = write(tmp_path, 'extends = "../x/a.toml"\n', "x/a.toml")  # the same file under a longer name each time
+    with pytest.raises(EdgenasError) as exc:
+        load_target(str(p))
+    assert "'extends' forms a cycle (a.toml -> a.toml)" in one_line_error(exc)
+    write(tmp_path, 'extends = "cortex-m7"\nname = "f0"\n', "f0.toml")
+    for i in range(1, MAX_EXTENDS_DEPTH + 1):
+        write(tmp_path, f'extends = "f{i - 1}.toml"\nname = "f{i}"\n', f"f{i}.toml")
+    assert load_target(str(tmp_path / f"f{MAX_EXTENDS_DEPTH - 2}.toml")).name == f"f{MAX_EXTENDS_DEPTH - 2}"
+    with pytest.raises(EdgenasError, match=f"longer than {MAX_EXTENDS_DEPTH} files"):
+        load_target(str(tmp_path / f"f{MAX_EXTENDS_DEPTH}.toml"))
+
+
+def test_written_toml_escapes_every_string(tmp_path):
+    base = load_target("cortex-m7")
+    hostile = 'line one\n[budgets]\nsram = "1KB"\n"quoted" \\ backslash \x01'
+    note = Provenance(source=hostile, notes=hostile)
+    p = write(tmp_path, latency_override_toml("cortex-m7", "safe", base.latency, [note]), "safe.toml")
+    t = load_target(str(p))
+    assert t.provenance[-1] == note and t.budgets == base.budgets
+    again = write(tmp_path, target_to_toml(replace(t, description=hostile)), "again.toml")
+    assert load_target(str(again)).description == hostile
+    with pytest.raises(EdgenasError, match="not a valid name"):
+        latency_override_toml("cortex-m7", 'x"\nsram_bytes = "1KB', base.latency)
+
+
+def test_targets_list_and_show_print_json(capsys):
+    import json
+
+    from edgenas.cli import main
+    assert main(["targets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in listed] == list(SHIPPED)
+    m7 = next(t for t in listed if t["name"] == "cortex-m7")
+    assert m7["sram_bytes"] == 327680 and m7["latency_budget_s"] == pytest.approx(0.1)
+    assert main(["targets", "show", "stm32h743", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["name"] == "stm32h743" and shown["budgets"]["sram"] == load_target("stm32h743").budgets.sram_bytes
+    assert shown["latency"]["kinds"]["default"]["cycles_per_mac"] > 0

@@ -73,25 +73,38 @@ def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, ma
     return search_zodarts(dataset, method=variant, epochs=epochs, seed=seed, target=tgt, out_dir=out, ui=ui)
 
 
-def search_cli(**opts) -> None:
-    from edgenas.report import print_members
+def search_cli(json_out: bool = False, **opts) -> None:
+    """Progress on stderr; the result on stdout: the Pareto table and summary lines, or with json_out one JSON
+    object (the members, or ZodartsResult.to_dict for --method zodarts) and nothing else."""
+    import json
+
+    from edgenas.report import members_json, print_members
     from edgenas.ui import RichUI, make_console
-    console = make_console(stderr=True)
-    result = search(ui=RichUI(console), **opts)
+    result = search(ui=RichUI(make_console(stderr=True)), **opts)
+    console = make_console()
     if opts.get("method") == "zodarts":
+        if json_out:
+            print(json.dumps({**result.to_dict(), "run_dir": str(result.run_dir)}, indent=2))
+            return
         ex = result.exits or {}
         console.print(f"{result.method}: cell {result.genotype}; test accuracy {ex.get('test_accuracy', float('nan')):.4f} "
                       f"with {ex.get('n_exits', 1)} exits (expected MACs {ex.get('macs_expected', float('nan')):.0f} "
                       f"of {ex.get('macs_worst', 0)}); search {result.search_seconds:.0f} s; "
-                      f"budget violations: {result.violations or 'none'}; run folder: {result.run_dir}")
+                      f"budget violations: {result.violations or 'none'}; run folder: {result.run_dir}", markup=False)
         return
-    print_members(result.pareto)
+    if json_out:
+        print(json.dumps({"run_dir": str(result.run_dir), "evaluations": result.evaluations,
+                          "new_evaluations": result.new_evaluations, "wall_seconds": result.wall_seconds,
+                          "hypervolume": result.hypervolume, "members": members_json(result.pareto)}, indent=2))
+        return
+    print_members(result.pareto, console)
     waiting = [m for m in result.pareto if m["weights"] == "inherited"]
     if waiting and any(m["weights"] == "finetuned" for m in result.pareto):
         console.print(f"{len(waiting)} of {len(result.pareto)} members still have inherited weights; "
-                      f"`edgenas search --resume --out {result.run_dir}` (same options) fine-tunes them")
+                      f"`edgenas search --resume --out {result.run_dir}` (same options) fine-tunes them", markup=False)
     console.print(f"{result.evaluations} candidates evaluated ({result.new_evaluations} new) in "
-                  f"{result.wall_seconds:.0f} s; hypervolume {result.hypervolume:.4f}; run folder: {result.run_dir}")
+                  f"{result.wall_seconds:.0f} s; hypervolume {result.hypervolume:.4f}; run folder: {result.run_dir}",
+                  markup=False)
 
 
 def export_cli(run_dir, candidate, out) -> None:
@@ -127,7 +140,7 @@ def export(run_dir, candidate: int | None = None, out=None):
     calib_x = resize(data.train.x[:256], res).numpy().astype(np.float32)
     out = Path(out) if out else Path(run_dir) / f"export-{record['id']}"
     macs = [int(m) for m in cost.macs_per_exit(cost.from_torch(net))]
-    meta = {"candidate": record["id"], "run": str(run_dir), "dataset": config["dataset"], "target": config["target"],
+    meta = {"candidate": record["id"], "run": str(run_dir), "dataset": config["dataset"], "target": config.get("target"),
             "description": record["description"], "weights": record["weights"]}
     if "finetune" in record:  # the recipe of the fine-tuned weights, and the figures of the inherited ones
         meta["finetune"] = record["finetune"]
@@ -135,24 +148,32 @@ def export(run_dir, candidate: int | None = None, out=None):
     return export_model(net, out, check_x, data.test.y.numpy(), calib_x, macs, meta)
 
 
-def targets_cli() -> None:
-    from edgenas.ui import make_console
-    from rich.table import Table
-
+def targets_cli(json_out: bool = False) -> None:
     from edgenas.targets import list_targets, load_target
-    table = Table(title="edgenas targets")
-    for col in ("name", "cpu", "clock MHz", "SRAM KiB", "flash KiB", "latency budget ms", "description"):
-        table.add_column(col)
+    from edgenas.ui import print_table
+    if json_out:  # the table's content, unrounded, in base units
+        import json
+        print(json.dumps([{"name": name, "cpu": t.cpu, "clock_hz": t.clock_hz, "sram_bytes": t.sram_bytes,
+                           "flash_bytes": t.flash_bytes, "latency_budget_s": t.budgets.latency_s,
+                           "description": t.description} for name, t in ((n, load_target(n)) for n in list_targets())],
+                         indent=2))
+        return
+    rows = []
     for name in list_targets():
         t = load_target(name)
-        table.add_row(name, t.cpu, f"{t.clock_hz / 1e6:.0f}", f"{t.sram_bytes / 1024:.0f}",
-                      "-" if t.flash_bytes is None else f"{t.flash_bytes / 1024:.0f}",
-                      "-" if t.budgets.latency_s is None else f"{t.budgets.latency_s * 1e3:g}", t.description)
-    make_console().print(table)
+        rows.append([name, t.cpu, f"{t.clock_hz / 1e6:.0f}", f"{t.sram_bytes / 1024:.0f}",
+                     "-" if t.flash_bytes is None else f"{t.flash_bytes / 1024:.0f}",
+                     "-" if t.budgets.latency_s is None else f"{t.budgets.latency_s * 1e3:g}", t.description])
+    print_table(["name", "cpu", "clock MHz", "SRAM KiB", "flash KiB", "latency budget ms", "description"], rows,
+                title="edgenas targets")
 
 
-def target_show_cli(name: str) -> None:
-    from edgenas.targets import load_target, target_to_toml
+def target_show_cli(name: str, json_out: bool = False) -> None:
+    from edgenas.targets import load_target, target_to_dict, target_to_toml
+    if json_out:
+        import json
+        print(json.dumps(target_to_dict(load_target(name)), indent=2))
+        return
     print(target_to_toml(load_target(name)), end="")
 
 
@@ -198,21 +219,30 @@ def _dataset_test_inputs(model_path: Path, n: int):
 
 
 def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", dtype: str = "float32",
-            test_inputs: int = 16, tune_trials: int = 0):
-    """Compile an exported model for a target: Cortex-M firmware (kind mcu) or a TVM library (host, Cortex-A)."""
+            test_inputs: int = 16, tune_trials: int = 0, keep_failed: bool = False):
+    """Compile an exported model for a target: Cortex-M firmware (kind mcu) or a TVM library (host, Cortex-A).
+
+    `keep_failed` (MCU): keep the project of a firmware that does not fit or does not build, instead of removing it."""
     from edgenas.targets import load_target
     t = load_target(target)
     if test_inputs < 1:
         raise EdgenasError(f"--test-inputs must be at least 1, got {test_inputs}", "e.g. --test-inputs 16")
+    if keep_failed and t.kind != "mcu":
+        raise EdgenasError(f"--keep-failed applies to MCU firmware, not to {t.kind} target {t.name} (a failed "
+                           "library build has no project worth keeping)", "drop --keep-failed")
     path = _resolve_model(model)
     beside = path.parent if path.is_file() else path
     x = _dataset_test_inputs(path, test_inputs)
     if t.kind == "mcu":
         from edgenas.compile import compile_mcu
         return compile_mcu(path, t, Path(out) if out else beside / f"firmware-{t.name}", codegen=codegen, dtype=dtype,
-                           test_inputs=x)
+                           test_inputs=x, keep_failed=keep_failed)
     from edgenas.compile.host import compile_host
-    return compile_host(path, t, Path(out) if out else beside / f"tvm-{t.name}", tune_trials=tune_trials, test_inputs=x)
+    from edgenas.compile.outputs import check_writable, external_build
+    out = Path(out) if out else beside / f"tvm-{t.name}"
+    check_writable(out)
+    with external_build(out):
+        return compile_host(path, t, out, tune_trials=tune_trials, test_inputs=x)
 
 
 def compile_cli(json_out: bool = False, **opts) -> None:
@@ -229,6 +259,9 @@ def profile(artefact, target: str = "cortex-m7", device: str = "qemu", n_inputs:
 
     from edgenas.targets import load_target
     t = load_target(target)
+    if out is not None:
+        from edgenas.profile.artefact import check_output_file
+        check_output_file(Path(out))
     if device == "qemu":
         from edgenas.profile import profile_qemu
         result = profile_qemu(artefact, t, n_inputs=n_inputs)
@@ -261,11 +294,16 @@ def calibrate(target: str, profiles, out=None, device: str = "", runtime: str = 
 
     from edgenas.cost.calibrate import calibrate as fit_latency
     from edgenas.cost.calibrate import write_override
-    from edgenas.targets import list_targets, load_target
+    from edgenas.targets import TARGET_NAME, check_target_name, list_targets, load_target
     t = load_target(target)
     out = Path(out) if out else Path(f"{t.name}-calibrated.toml")
     if out.suffix != ".toml":
         raise EdgenasError(f"--out {out} must end in .toml", "e.g. --out my-board.toml")
+    if name is not None:
+        check_target_name(name, "--name")
+    elif not TARGET_NAME.fullmatch(out.stem):  # the default name is the file's stem
+        raise EdgenasError(f"the --out file name '{out.stem}' is not a valid target name",
+                           "pass --name (letters, digits, '.', '_' or '-', e.g. my-board)")
     if str(target) in list_targets():
         extends = str(target)
     else:
@@ -275,22 +313,33 @@ def calibrate(target: str, profiles, out=None, device: str = "", runtime: str = 
     return cal, write_override(cal, out)
 
 
-def calibrate_cli(**opts) -> None:
+def calibrate_cli(json_out: bool = False, **opts) -> None:
     cal, path = calibrate(**opts)
+    if json_out:
+        import json
+        print(json.dumps({**cal.to_dict(), "wrote": str(path)}, indent=2))
+        return
     print(cal.summary())
     print(f"wrote {path} (use it as --target {path})")
 
 
 def analyze(model, target: str = "cortex-m7", dtype: str = "float32", latency=None, sram=None, flash=None,
-            macs=None) -> dict:
+            macs=None, allow_unknown: bool = False) -> dict:
     """Per-layer and total cost of any ONNX model (plain, or early-exit with If) on a target, with a budget check.
 
     Budgets are the target's, overridden by the given strings ("50ms", "256KB", "1MB", "2.5M"); latency and MACs
-    are checked at the worst case (final exit, every earlier head evaluated)."""
+    are checked at the worst case (final exit, every earlier head evaluated). Operators the cost model does not
+    know are an error, unless `allow_unknown`: then they are listed in "unknown_ops" and "complete" is False (their
+    MACs and weights are not counted, so every total is a lower bound and "fits" is only a necessary condition)."""
     from edgenas import cost
     from edgenas.targets import load_target, target_with_budgets
     t = target_with_budgets(load_target(target), latency=latency, sram=sram, flash=flash, macs=macs)
     g = cost.from_onnx(model)
+    if g.unknown_ops and not allow_unknown:
+        raise EdgenasError(f"{model}: the cost model does not know {len(g.unknown_ops)} operator(s): "
+                           f"{', '.join(g.unknown_ops[:5])}{', ...' if len(g.unknown_ops) > 5 else ''}; "
+                           "their MACs and weights would be missing from every figure",
+                           "pass --allow-unknown for a report marked incomplete, or replace those operators")
     report = cost.analyze(g, t, dtype)
     over = cost.violations(report, t.budgets)
     b = t.budgets
@@ -302,7 +351,8 @@ def analyze(model, target: str = "cortex-m7", dtype: str = "float32", latency=No
         checks[key] = {"value": value, "limit": limit, "ok": key not in over}
     return {"model": str(model), "target": t.name, "target_file": t.source_path, "dtype": dtype,
             "n_exits": g.n_exits, "input_shape": list(g.input_shape), "layers": cost.layer_table(g, t),
-            "totals": report.to_dict(), "budgets": checks, "fits": not over}
+            "totals": report.to_dict(), "budgets": checks, "fits": not over,
+            "unknown_ops": list(g.unknown_ops), "complete": not g.unknown_ops}
 
 
 def analyze_cli(as_json: bool = False, **opts) -> bool:
@@ -312,17 +362,14 @@ def analyze_cli(as_json: bool = False, **opts) -> bool:
     if as_json:
         print(json.dumps(result, indent=2))
         return result["fits"]
-    from edgenas.ui import make_console
-    from rich.table import Table
-    table = Table(title=f"{result['model']} on {result['target']} ({result['dtype']})")
-    for col in ("layer", "kind", "part", "out shape", "MACs", "params", "out KiB", "live SRAM KiB", "pred. us"):
-        table.add_column(col, justify="left" if col in ("layer", "kind", "part", "out shape") else "right")
-    for r in result["layers"]:
-        table.add_row(r["name"], r["kind"], f"{r['part']} {r['index']}", "x".join(map(str, r["out_shape"])) or "1",
-                      f"{r['macs']:,}", f"{r['params']:,}", f"{r['output_bytes'] / 1024:.1f}",
-                      f"{r['live_sram_bytes'] / 1024:.1f}", f"{r['latency_s'] * 1e6:.1f}")
+    from edgenas.ui import make_console, print_table
+    numeric = ("MACs", "params", "out KiB", "live SRAM KiB", "pred. us")
+    rows = [[r["name"], r["kind"], f"{r['part']} {r['index']}", "x".join(map(str, r["out_shape"])) or "1",
+             f"{r['macs']:,}", f"{r['params']:,}", f"{r['output_bytes'] / 1024:.1f}",
+             f"{r['live_sram_bytes'] / 1024:.1f}", f"{r['latency_s'] * 1e6:.1f}"] for r in result["layers"]]
     console = make_console()
-    console.print(table)
+    print_table(["layer", "kind", "part", "out shape", *numeric], rows, console,
+                title=f"{result['model']} on {result['target']} ({result['dtype']})", right=numeric)
     tot = result["totals"]
     for i in range(result["n_exits"]):
         console.print(f"exit {i}: {tot['macs_per_exit'][i]:,} MACs, predicted "
@@ -338,5 +385,9 @@ def analyze_cli(as_json: bool = False, **opts) -> bool:
         scale, unit = units[key]
         console.print(f"{'ok  ' if c['ok'] else 'OVER'} {key}: {c['value'] * scale:.3f} {unit} "
                       f"(budget {c['limit'] * scale:.3f} {unit})")
-    console.print("fits the target's budgets" if result["fits"] else "does NOT fit the target's budgets")
+    if result["unknown_ops"]:
+        console.print(f"unknown operators (MACs and weights not counted): {', '.join(result['unknown_ops'])}")
+    verdict = "fits the target's budgets" if result["fits"] else "does NOT fit the target's budgets"
+    console.print(verdict if result["complete"] else
+                  f"{verdict} (incomplete: {len(result['unknown_ops'])} unknown operator(s) not counted)")
     return result["fits"]

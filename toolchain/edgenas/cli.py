@@ -4,6 +4,8 @@ Every user error (EdgenasError or a click usage error) becomes one line on stder
 """
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 import click
@@ -41,6 +43,8 @@ def cli():
               help="Processes evaluating candidates (default: one per core, at most 4); the result does not depend on it.")
 @click.option("--zo-variant", type=click.Choice(["zodarts+", "zodarts", "darts1", "darts2"]), default="zodarts+",
               show_default=True, help="zodarts: the estimator (ZO-DARTS+, ZO-DARTS, DARTS 1st/2nd order baselines).")
+@click.option("--json", "json_out", is_flag=True,
+              help="Print the result as JSON on stdout (the Pareto members with their figures); progress stays on stderr.")
 def search(**opts):
     """Search early-exit networks that fit the target's budgets."""
     from edgenas import api
@@ -72,6 +76,8 @@ def export(run_dir, candidate, best, out):
               help="MCU: test-split inputs embedded in the firmware and checked against onnxruntime.")
 @click.option("--tune-trials", default=0, show_default=True, type=int, help="Host/Cortex-A: MetaSchedule trials.")
 @click.option("--json", "json_out", is_flag=True, help="Print the full report as JSON.")
+@click.option("--keep-failed", is_flag=True,
+              help="MCU: keep the project of a firmware that does not fit or does not build (default: remove it).")
 def compile_(**opts):
     """Compile an export folder, .onnx file or run folder for a target (firmware or TVM library)."""
     from edgenas import api
@@ -93,20 +99,25 @@ def profile(**opts):
 
 
 @cli.group(invoke_without_command=True)
+@click.option("--json", "json_out", is_flag=True, help="Print the list as JSON.")
 @click.pass_context
-def targets(ctx):
+def targets(ctx, json_out):
     """List the shipped targets (`edgenas targets show NAME` prints one)."""
     if ctx.invoked_subcommand is None:
         from edgenas import api
-        api.targets_cli()
+        api.targets_cli(json_out=json_out)
+    elif json_out:
+        raise EdgenasError(f"`targets --json` lists targets; it does not apply to `targets {ctx.invoked_subcommand}`",
+                           f"write `edgenas targets {ctx.invoked_subcommand} ... --json`")
 
 
 @targets.command("show")
 @click.argument("name")
-def targets_show(name):
+@click.option("--json", "json_out", is_flag=True, help="Print the target as JSON instead of TOML.")
+def targets_show(name, json_out):
     """Print a target's TOML (a shipped name or a file)."""
     from edgenas import api
-    api.target_show_cli(name)
+    api.target_show_cli(name, json_out=json_out)
 
 
 @cli.command()
@@ -118,6 +129,7 @@ def targets_show(name):
 @click.option("--runtime", default="", help="Runtime measured with, e.g. 'onnxruntime 1.32 CPU' (provenance).")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Threads the runtime used (provenance).")
 @click.option("--name", default=None, help="Name of the calibrated target (default: the --out file's stem).")
+@click.option("--json", "json_out", is_flag=True, help="Print the fit and its held-out error as JSON.")
 def calibrate(**opts):
     """Fit a target's latency model from PROFILES and write a target override with its held-out error.
 
@@ -137,6 +149,8 @@ def calibrate(**opts):
 @click.option("--sram", default=None, help="Peak SRAM budget, e.g. 256KB.")
 @click.option("--flash", default=None, help="Flash budget, e.g. 1MB.")
 @click.option("--macs", default=None, help="MACs budget, e.g. 2.5M.")
+@click.option("--allow-unknown", is_flag=True,
+              help="Report a model with operators the cost model does not know (listed; verdict marked incomplete).")
 def analyze(**opts):
     """Per-layer MACs, params, activations, peak SRAM, flash and predicted latency of an ONNX model; budget check.
 
@@ -145,6 +159,21 @@ def analyze(**opts):
     from edgenas import api
     if not api.analyze_cli(**opts):
         raise click.exceptions.Exit(1)
+
+
+# what to do about an operating-system error while reading or writing a user's path, by errno
+OS_ERROR_FIXES = {errno.ENOSPC: "free space on that disk, or choose --out on another one",
+                  errno.EDQUOT: "free space within your quota, or choose --out on another disk",
+                  errno.EROFS: "choose a writable --out", errno.EACCES: "check its permissions, or choose another path",
+                  errno.EPERM: "check its permissions, or choose another path",
+                  errno.ENAMETOOLONG: "choose a shorter path", errno.ENOTDIR: "a part of the path is a file, not a folder"}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line naming the path and the system's words for an OSError (disk full, read-only, no permission...)."""
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"error: {where}{what} ({OS_ERROR_FIXES.get(exc.errno, 'check the path and the disk')})"
 
 
 def main(argv=None) -> int:
@@ -162,6 +191,12 @@ def main(argv=None) -> int:
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): stop quietly, as a SIGPIPE would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+            return 141
+        click.echo(os_error_line(exc), err=True)
+        return 2
     return rc if isinstance(rc, int) else 0  # click returns the code of a ctx.exit(N) when not standalone
 
 

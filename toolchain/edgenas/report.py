@@ -152,14 +152,24 @@ def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budg
 
 
 def print_members(members: list[dict], console=None) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    from edgenas.ui import print_table
+    print_table(HEADER, member_rows(members), console, title="Pareto set (within budgets)")
 
-    from edgenas.ui import make_console
-    console = console or make_console()
-    table = Table(title="Pareto set (within budgets)", title_justify="left")
-    for h in HEADER:  # escaped: rich would read "E[lat]" or "[95% CI]" as markup and drop the brackets
-        table.add_column(escape(h), overflow="fold")
-    for row in member_rows(members):
-        table.add_row(*(escape(cell) for cell in row))
-    console.print(table)
+
+# what `edgenas search --json` gives of each member: the table's figures in their recorded units (fractions, seconds,
+# bytes), the 95 % intervals, and what identifies the member and its weights
+MEMBER_JSON_FIELDS = ("id", "description", "weights", "test_accuracy", "test_accuracy_ci", "val_accuracy",
+                      "val_accuracy_ci", "n_exits", "test_exit_rates", "macs_expected", "macs_worst",
+                      "latency_expected_s", "latency_worst_s", "peak_sram_bytes", "flash_bytes")
+
+
+def members_json(members: list[dict]) -> list[dict]:
+    """The Pareto members for `edgenas search --json`: MEMBER_JSON_FIELDS that the record has, and `inherited` (the
+    figures with the supernet's weights, which the search ranked by) and `finetune` (the recipe) when the member was
+    fine-tuned."""
+    out = []
+    for r in members:
+        member = {k: r[k] for k in MEMBER_JSON_FIELDS if k in r}
+        member.update({k: r[k] for k in ("inherited", "finetune") if k in r})
+        out.append(member)
+    return out

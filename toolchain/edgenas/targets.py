@@ -13,7 +13,6 @@ Units in budget strings follow MCU datasheets: KB = K = KiB = 1024 bytes and MB 
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
@@ -120,6 +119,18 @@ _DURATION_UNITS = {"s": Decimal(1), "ms": Decimal("1e-3"), "us": Decimal("1e-6")
                    "ns": Decimal("1e-9")}
 _MACS_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 _NUMBER = r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*"
+# Accepted ranges. Past them a value is a typo (1e400ms, 1e5000KB), not a device: refusing it keeps every budget a
+# finite positive number that divides and serialises (JSON has no Infinity), whatever the exponent typed.
+MAX_SIZE = 1024**4                                  # 1 TiB: above any SRAM, flash or RAM a model is granted
+MIN_DURATION_S, MAX_DURATION_S = 1e-9, 3600.0       # 1 ns (the finest unit) to one hour per inference
+MAX_MACS = 10**15                                   # 1e15 MACs per inference: far beyond any edge model
+# Plain numbers in a target file (cycle coefficients, ...): at most 1e15, so that summing them over every layer of
+# a network stays finite. clock_hz and cpi have tighter ranges of their own.
+MAX_NUMBER = 1e15
+TARGET_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SIZE_FIX = "use e.g. 320KB, 1MiB, 512B or a byte count; KB = KiB = 1024 bytes"
+_DURATION_FIX = "use e.g. 50ms, 0.5s or 200us (a unit is required)"
+_MACS_FIX = "use e.g. 2.5M, 300k, 1.2G or a plain count"
 
 
 def _split(text: str, pattern: str) -> tuple[Decimal, str] | None:
@@ -132,34 +143,53 @@ def _split(text: str, pattern: str) -> tuple[Decimal, str] | None:
         return None
 
 
+def _in_range(value: Decimal, low: Decimal, high: Decimal) -> bool:
+    # Decimal comparisons are exact at any exponent; multiplying first would overflow the context on 1e99999999KB
+    return low <= value <= high
+
+
 def parse_size(s: str | int) -> int:
-    """'320KB', '320 KiB', '1MiB', '1MB', '512B', '2048' -> bytes (KB = KiB = 1024, MB = MiB = 1024**2)."""
-    if isinstance(s, int) and not isinstance(s, bool) and s >= 0:
+    """'320KB', '320 KiB', '1MiB', '1MB', '512B', '2048' -> bytes (KB = KiB = 1024, MB = MiB = 1024**2).
+
+    0 is a size (callers that need a positive one check); anything else must be at least 1 byte and at most
+    MAX_SIZE."""
+    if isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SIZE:
         return s
     parts = _split(str(s), r"([kKmMgG]?(?:i?[bB])?|[bB])") if not isinstance(s, bool) else None
     if parts is None or parts[1] not in _SIZE_UNITS:
-        raise EdgenasError(f"bad size '{s}'", "use e.g. 320KB, 1MiB, 512B or a byte count; KB = KiB = 1024 bytes")
-    return int((parts[0] * _SIZE_UNITS[parts[1]]).to_integral_value())
+        raise EdgenasError(f"bad size '{_clip(s)}'", _SIZE_FIX)
+    number, scale = parts[0], _SIZE_UNITS[parts[1]]
+    if number != 0 and not _in_range(number, Decimal(1) / scale, Decimal(MAX_SIZE) / scale):
+        raise EdgenasError(f"size '{_clip(s)}' is out of range (1 byte to 1TiB)", _SIZE_FIX)
+    return int((number * scale).to_integral_value())
 
 
 def parse_duration(s: str | float) -> float:
-    """'50ms', '0.5s', '200us', '1.2 ms' -> seconds. A bare number is only accepted as a float (seconds)."""
-    if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0:
+    """'50ms', '0.5s', '200us', '1.2 ms' -> seconds, from 1 ns to one hour. A bare number is only accepted as a
+    float (seconds)."""
+    if isinstance(s, (int, float)) and not isinstance(s, bool) and MIN_DURATION_S <= s <= MAX_DURATION_S:
         return float(s)
     parts = _split(str(s), r"(s|ms|us|µs|ns)") if not isinstance(s, bool) else None
     if parts is None or parts[0] <= 0:
-        raise EdgenasError(f"bad duration '{s}'", "use e.g. 50ms, 0.5s or 200us (a unit is required)")
-    return float(parts[0] * _DURATION_UNITS[parts[1]])
+        raise EdgenasError(f"bad duration '{_clip(s)}'", _DURATION_FIX)
+    scale = _DURATION_UNITS[parts[1]]
+    if not _in_range(parts[0], Decimal(str(MIN_DURATION_S)) / scale, Decimal(str(MAX_DURATION_S)) / scale):
+        raise EdgenasError(f"duration '{_clip(s)}' is out of range (1ns to 1h)", _DURATION_FIX)
+    return float(parts[0] * scale)
 
 
 def parse_macs(s: str | int) -> int:
-    """'2.5M', '300k', '1.2G', '123456' -> multiply-accumulates (decimal prefixes; a trailing 'MACs' is allowed)."""
-    if isinstance(s, int) and not isinstance(s, bool) and s > 0:
+    """'2.5M', '300k', '1.2G', '123456' -> multiply-accumulates (decimal prefixes; a trailing 'MACs' is allowed),
+    from 1 to MAX_MACS."""
+    if isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_MACS:
         return s
     parts = _split(str(s), r"([kKmMgG]?)(?:\s*MACs?)?") if not isinstance(s, bool) else None
     if parts is None or parts[0] <= 0:
-        raise EdgenasError(f"bad MAC count '{s}'", "use e.g. 2.5M, 300k, 1.2G or a plain count")
-    return int((parts[0] * _MACS_UNITS[parts[1]]).to_integral_value())
+        raise EdgenasError(f"bad MAC count '{_clip(s)}'", _MACS_FIX)
+    scale = _MACS_UNITS[parts[1]]
+    if not _in_range(parts[0], Decimal(1) / scale, Decimal(MAX_MACS) / scale):
+        raise EdgenasError(f"MAC count '{_clip(s)}' is out of range (1 to 1e15)", _MACS_FIX)
+    return int((parts[0] * scale).to_integral_value())
 
 
 def parse_accuracy(s: str | float) -> float:
@@ -170,8 +200,15 @@ def parse_accuracy(s: str | float) -> float:
     except ValueError:
         value = math.nan
     if isinstance(s, bool) or not 0.0 <= value <= 1.0:
-        raise EdgenasError(f"bad accuracy '{s}'", "use a fraction in [0, 1] such as 0.9, or a percentage such as 90%")
+        raise EdgenasError(f"bad accuracy '{_clip(s)}'",
+                           "use a fraction in [0, 1] such as 0.9, or a percentage such as 90%")
     return value
+
+
+def _clip(value, limit: int = 40) -> str:
+    """The value as typed, cut short: an error line must stay one readable line whatever was pasted."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -198,8 +235,12 @@ def _resolve(name_or_path: str, relative_to: Path | None = None) -> tuple[str, s
     path = Path(text).expanduser()
     if relative_to is not None and not path.is_absolute():
         path = relative_to / path
-    if not path.is_file():
-        raise EdgenasError(f"target file {path} not found", "check the path, or use a shipped target name "
+    try:
+        found = path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        found = False
+    if not found:
+        raise EdgenasError(f"target file {_clip(path, 200)} not found", "check the path, or use a shipped target name "
                            f"({', '.join(list_targets())})")
     try:
         return path.read_text(encoding="utf-8"), str(path)
@@ -227,11 +268,23 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+# Longest `extends` chain followed: real ones are a board over a shipped core (2 or 3 files); a longer one is a
+# mistake, and the cap bounds the work whatever the files say.
+MAX_EXTENDS_DEPTH = 16
+
+
 def _load_raw(name_or_path: str, relative_to: Path | None = None, chain: tuple[str, ...] = ()) -> tuple[dict, str]:
     text, where = _resolve(name_or_path, relative_to)
-    if where in chain:
-        raise EdgenasError(f"{where}: 'extends' forms a cycle ({' -> '.join([*chain, where])})",
+    # cycles are found by resolved path: `../x/a.toml` names the same file as `a.toml` however many `..` it has
+    identity = str(Path(where).resolve())
+    resolved_chain = [str(Path(w).resolve()) for w in chain]
+    if identity in resolved_chain:
+        names = [Path(w).name for w in chain[resolved_chain.index(identity):]]
+        raise EdgenasError(f"{_clip(where, 200)}: 'extends' forms a cycle ({' -> '.join([*names, Path(where).name])})",
                            "make one of the files stand alone")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise EdgenasError(f"{_clip(where, 200)}: 'extends' chain is longer than {MAX_EXTENDS_DEPTH} files",
+                           "extend a shipped target or a file that stands alone")
     raw = _parse_toml(text, where)
     if "extends" not in raw:
         return raw, where
@@ -294,7 +347,7 @@ class _Reader:
         return v
 
     def number(self, k: str, required: bool = False, default: float | None = None, positive: bool = False,
-               example: str = "1.0") -> float | None:
+               example: str = "1.0", low: float = 0.0, high: float = MAX_NUMBER) -> float | None:
         v = self.raw(k, required, f"{k} = {example}")
         if v is None:
             return default
@@ -303,6 +356,8 @@ class _Reader:
         if v < 0 or (positive and v == 0):
             sign = "positive" if positive else "non-negative"
             raise self.fail(k, f"must be {sign}, got {v}", f"e.g. {k} = {example}")
+        if (v != 0 and v < low) or v > high:
+            raise self.fail(k, f"is out of range ({low:g} to {high:g}), got {v:g}", f"e.g. {k} = {example}")
         return float(v)
 
     def size(self, k: str, required: bool = False, positive: bool = True) -> int | None:
@@ -338,16 +393,30 @@ def _show(v) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def check_target_name(name: str, what: str = "target name") -> str:
+    """A target name becomes a file name (`<name>-calibrated.toml`) and a run-folder name: letters, digits, '.', '_'
+    and '-' only, so it can neither leave its folder nor break the TOML and tables it is written into."""
+    if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
+        raise EdgenasError(f"{what} '{_clip(name)}' is not a valid name",
+                           "use 1 to 64 letters, digits, '.', '_' or '-', e.g. my-board")
+    return name
+
+
 def _build_target(raw: dict, where: str) -> Target:
     r = _Reader(raw, where)
     name = r.string("name", default=Path(where).stem) or Path(where).stem
+    try:
+        check_target_name(name)
+    except EdgenasError as exc:
+        src = "the file name (no key 'name')" if name == Path(where).stem else "key 'name'"
+        raise EdgenasError(f"{_clip(where, 200)}: {src}: {exc.problem}", exc.fix + '; set name = "..."') from None
     kind = r.string("kind", required=True, choices=TARGET_KINDS)
     target = Target(
         name=name,
         description=r.string("description"),
         kind=kind,
         cpu=r.string("cpu", required=True),
-        clock_hz=r.number("clock_hz", required=True, positive=True, example="216_000_000"),
+        clock_hz=r.number("clock_hz", required=True, positive=True, example="216_000_000", low=1e3, high=1e12),
         sram_bytes=r.size("sram_bytes", required=True),
         flash_bytes=r.size("flash_bytes", required=kind == "mcu"),
         tvm_target=_tvm_target(r),
@@ -355,7 +424,7 @@ def _build_target(raw: dict, where: str) -> Target:
         code_size_bytes=r.size("code_size_bytes", positive=False) or 0,
         workspace_bytes=r.size("workspace_bytes", positive=False) or 0,
         qemu_machine=r.string("qemu_machine", default=None),
-        cpi=r.number("cpi", positive=True),
+        cpi=r.number("cpi", positive=True, low=1e-3, high=1e6),
         budgets=_budgets(r.table_of("budgets")),
         latency=_latency(r.table_of("latency", required=True)),
         provenance=_provenance(r),
@@ -482,71 +551,56 @@ def _positive_size(value) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- writing
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(e) for e in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+# Files are written by tomli-w, which escapes every string (a name or note holding a newline or quote stays one
+# value); only the first comment line is ours, and it holds nothing but a validated target name.
+def _without_none(table: dict) -> dict:
+    return {k: v for k, v in table.items() if v is not None}
 
 
-def _put(lines: list[str], key: str, value) -> None:
-    if value is not None:
-        lines.append(f"{key} = {_toml_value(value)}")
-
-
-def _latency_lines(model: LatencyModel) -> list[str]:
-    lines = ["", "[latency]"]
-    _put(lines, "dtype", model.dtype)
-    _put(lines, "per_inference_cycles", model.per_inference_cycles)
-    _put(lines, "per_exit_cycles", model.per_exit_cycles)
+def latency_to_dict(model: LatencyModel) -> dict:
+    """The [latency] table of a target file (coefficients in cycles)."""
+    table = {"dtype": model.dtype, "per_inference_cycles": model.per_inference_cycles,
+             "per_exit_cycles": model.per_exit_cycles}
     if model.channel_block != 1:
-        _put(lines, "channel_block", model.channel_block)
+        table["channel_block"] = model.channel_block
+    kinds = {}
     for kind, c in model.kinds.items():
-        lines += ["", f"[latency.kinds.{kind}]"]
-        _put(lines, "fixed_cycles", c.fixed_cycles)
-        _put(lines, "cycles_per_mac", c.cycles_per_mac)
-        _put(lines, "cycles_per_byte", c.cycles_per_byte)
-        for k in _SPLIT_BYTE_KEYS:
-            if getattr(c, k):
-                _put(lines, k, getattr(c, k))
-    return lines
+        entry = {"fixed_cycles": c.fixed_cycles, "cycles_per_mac": c.cycles_per_mac,
+                 "cycles_per_byte": c.cycles_per_byte}
+        entry.update({k: getattr(c, k) for k in _SPLIT_BYTE_KEYS if getattr(c, k)})
+        kinds[kind] = entry
+    table["kinds"] = kinds
+    return table
 
 
-def _provenance_lines(entries) -> list[str]:
-    lines = []
-    for p in entries:
-        lines += ["", "[[provenance]]"]
-        for f in ("source", "measured_on", "runtime", "date", "notes"):
-            if getattr(p, f):
-                _put(lines, f, getattr(p, f))
-    return lines
+def _provenance_tables(entries) -> list[dict]:
+    fields = ("source", "measured_on", "runtime", "date", "notes")
+    return [{f: getattr(p, f) for f in fields if getattr(p, f)} for p in entries]
+
+
+def target_to_dict(t: Target) -> dict:
+    """The target as plain TOML/JSON values (what `target_to_toml` writes and `targets show --json` prints)."""
+    b = t.budgets
+    doc = _without_none({key: getattr(t, key) for key in (
+        "name", "description", "kind", "cpu", "clock_hz", "sram_bytes", "flash_bytes", "runtime", "code_size_bytes",
+        "workspace_bytes", "qemu_machine", "cpi")})
+    doc["tvm_target"] = dict(t.tvm_target)
+    doc["budgets"] = _without_none({"latency": b.latency_s,  # a bare number is seconds
+                                    "sram": b.sram_bytes, "flash": b.flash_bytes, "macs": b.macs,
+                                    "min_accuracy": b.min_accuracy})
+    doc["latency"] = latency_to_dict(t.latency)
+    if t.provenance:
+        doc["provenance"] = _provenance_tables(t.provenance)
+    return doc
 
 
 def target_to_toml(t: Target) -> str:
     """TOML text that `load_target` reads back into an equal Target (except `source_path`)."""
-    lines = [f"# edgenas target '{t.name}'. Units: bytes, Hz, seconds; latency coefficients in cycles.", ""]
-    for key in ("name", "description", "kind", "cpu", "clock_hz", "sram_bytes", "flash_bytes", "runtime",
-                "code_size_bytes", "workspace_bytes", "qemu_machine", "cpi"):
-        _put(lines, key, getattr(t, key))
-    lines += ["", "[tvm_target]"]
-    for k, v in t.tvm_target.items():
-        _put(lines, json.dumps(k), v)
-    b = t.budgets
-    lines += ["", "[budgets]"]
-    _put(lines, "latency", b.latency_s)  # a bare number is seconds
-    _put(lines, "sram", b.sram_bytes)
-    _put(lines, "flash", b.flash_bytes)
-    _put(lines, "macs", b.macs)
-    _put(lines, "min_accuracy", b.min_accuracy)
-    lines += _latency_lines(t.latency) + _provenance_lines(t.provenance)
-    return "\n".join(lines) + "\n"
+    import tomli_w
+
+    header = (f"# edgenas target '{check_target_name(t.name)}'. Units: bytes, Hz, seconds; latency coefficients in "
+              "cycles.\n\n")
+    return header + tomli_w.dumps(target_to_dict(t))
 
 
 def latency_override_toml(base: str, name: str, latency: LatencyModel, provenance=()) -> str:
@@ -555,7 +609,9 @@ def latency_override_toml(base: str, name: str, latency: LatencyModel, provenanc
     Every kind of `latency` is written, so the base's coefficients survive only for kinds the model lacks;
     `provenance` entries are appended to the base's record.
     """
-    lines = [f"# {name}: '{base}' with a calibrated latency model.", "", f"extends = {_toml_value(base)}"]
-    _put(lines, "name", name)
-    lines += _latency_lines(latency) + _provenance_lines(provenance)
-    return "\n".join(lines) + "\n"
+    import tomli_w
+
+    doc = {"extends": base, "name": check_target_name(name), "latency": latency_to_dict(latency)}
+    if provenance:
+        doc["provenance"] = _provenance_tables(provenance)
+    return f"# {name}: the target it extends, with a calibrated latency model.\n\n" + tomli_w.dumps(doc)

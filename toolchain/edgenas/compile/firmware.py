@@ -4,8 +4,10 @@ A project folder holds everything needed to rebuild without edgenas: the generat
 test_io.c, headers), the TVM kernels (kernels.o for the target CPU, or kernels.c), the fixed C files from
 `mcu_files/` (startup, runtime stubs, harness, UART retarget), the TVM/dlpack headers the kernels and driver
 include, linker scripts and a Makefile. `build_firmware` runs the same compiler commands as the Makefile itself
-(argument lists, no `make` needed) and writes `firmware.elf` + `firmware.map` (QEMU build) or
-`firmware-board.elf` + `firmware-board.map` (real board: DWT cycle counter, UART output, the target's memory).
+(argument lists, no `make` needed) and writes `firmware.elf` + `firmware.map` (QEMU build: APB timer, QEMU's
+memory map) or `firmware-board.elf` + `firmware-board.map` (real board: DWT cycle counter, the target's memory).
+Both report over the UART and link newlib without semihosting (nosys.specs): a firmware image reaches nothing on
+the host, and QEMU runs it with semihosting disabled (`edgenas.profile.qemu`).
 
 Size figures come from the linker's output: `arm-none-eabi-size -A` for section totals and the map file for the
 split into weights, kernels, driver, activation arena, kernel workspace, harness, C library.
@@ -22,6 +24,7 @@ from string import Template
 from typing import Mapping, Sequence
 
 from edgenas.errors import EdgenasError
+from edgenas.profile.qemu import qemu_command
 
 GCC = "arm-none-eabi-gcc"
 SIZE = "arm-none-eabi-size"
@@ -38,7 +41,7 @@ HEAP_BYTES = 4096  # newlib stdio buffers for the harness's printf
 STACK_BYTES = 16384  # main stack reserve (kernels keep register tiles and small TIR buffers on it)
 TVM_HEADERS = {"tvm_ffi": ("dlpack/dlpack.h", "tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h"),
                "tvm": ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h")}
-FIXED_SOURCES = ("startup.c", "tvm_stubs.c", "harness.c")
+FIXED_SOURCES = ("startup.c", "tvm_stubs.c", "harness.c", "uart_retarget.c")
 GENERATED_SOURCES = ("model.c", "weights.c", "test_io.c")
 VARIANTS = {"qemu": ("firmware", ()), "board": ("firmware-board", ("-DEDGENAS_BOARD",))}
 
@@ -54,7 +57,7 @@ def require_tool(name: str) -> str:
 
 def require_newlib(gcc: str, cpu_flags: Sequence[str]) -> None:
     """arm-none-eabi-gcc without newlib cannot link: gcc prints a bare name for a library it cannot find."""
-    for lib in ("libc.a", "librdimon.a"):
+    for lib in ("libc.a", "libnosys.a"):
         out = subprocess.run([gcc, *cpu_flags, f"-print-file-name={lib}"], capture_output=True, text=True)
         if out.returncode != 0 or not Path(out.stdout.strip()).is_absolute():
             raise EdgenasError(f"newlib for arm-none-eabi not found ({lib})",
@@ -75,10 +78,10 @@ def cpu_flags(target) -> list[str]:
 C_FLAGS = ("-O2", "-ffunction-sections", "-fdata-sections", "-DEDGENAS_PROFILE", "-I.", "-Iinclude")
 
 
-def link_flags(variant: str, stem: str) -> list[str]:
-    specs = "--specs=rdimon.specs" if variant == "qemu" else "--specs=nosys.specs"
-    libs = ["-lm", "-lc", "-lrdimon"] if variant == "qemu" else ["-lm", "-lc", "-lnosys"]
-    return ["-nostartfiles", specs, "-T", f"{stem}.ld", "-Wl,--gc-sections", f"-Wl,-Map={stem}.map", *libs]
+def link_flags(stem: str) -> list[str]:
+    # nosys, not rdimon: semihosting would give the firmware the host's files (uart_retarget.c does stdout and exit)
+    return ["-nostartfiles", "--specs=nosys.specs", "-T", f"{stem}.ld", "-Wl,--gc-sections", f"-Wl,-Map={stem}.map",
+            "-lm", "-lc", "-lnosys"]
 
 
 # ------------------------------------------------------------------------------------------------ project files
@@ -117,14 +120,13 @@ build build/board:
 \tmkdir -p $@
 
 firmware.elf: $(OBJS) {'' if codegen == 'c' else '$(KERNELS) '}firmware.ld
-\t$(CC) $(CFLAGS) $(filter %.o,$^) {' '.join(link_flags('qemu', 'firmware'))} -o $@
+\t$(CC) $(CFLAGS) $(filter %.o,$^) {' '.join(link_flags('firmware'))} -o $@
 
-firmware-board.elf: $(patsubst %.c,build/board/%.o,$(SRCS) uart_retarget.c) {'' if codegen == 'c' else '$(KERNELS) '}firmware-board.ld
-\t$(CC) $(CFLAGS) -DEDGENAS_BOARD $(filter %.o,$^) {' '.join(link_flags('board', 'firmware-board'))} -o $@
+firmware-board.elf: $(patsubst %.c,build/board/%.o,$(SRCS)) {'' if codegen == 'c' else '$(KERNELS) '}firmware-board.ld
+\t$(CC) $(CFLAGS) -DEDGENAS_BOARD $(filter %.o,$^) {' '.join(link_flags('firmware-board'))} -o $@
 
 run: firmware.elf
-\tqemu-system-arm -M {target.qemu_machine or 'mps2-an500'} -nographic -icount shift=0 \\
-\t  -semihosting-config enable=on,target=native -kernel firmware.elf
+\t{' '.join(qemu_command('firmware.elf', target.qemu_machine or 'mps2-an500'))}
 
 clean:
 \trm -rf build firmware.elf firmware.map firmware-board.elf firmware-board.map
@@ -133,7 +135,7 @@ clean:
 """
 
 
-def copy_fixed_files(project: Path, names=(*FIXED_SOURCES, "uart_retarget.c")) -> None:
+def copy_fixed_files(project: Path, names=FIXED_SOURCES) -> None:
     """The fixed C sources `names` (from mcu_files/) and the TVM runtime headers the kernels include."""
     for name in names:
         (project / name).write_text((files("edgenas.compile") / "mcu_files" / name).read_text())
@@ -167,8 +169,7 @@ def build_firmware(project: Path, target, codegen: str, variant: str = "qemu") -
     stem, defines = VARIANTS[variant]
     objdir = project / "build" / ("board" if variant == "board" else "")
     objdir.mkdir(parents=True, exist_ok=True)
-    sources = [*FIXED_SOURCES, *GENERATED_SOURCES, *(["kernels.c"] if codegen == "c" else []),
-               *(["uart_retarget.c"] if variant == "board" else [])]
+    sources = [*FIXED_SOURCES, *GENERATED_SOURCES, *(["kernels.c"] if codegen == "c" else [])]
     objects = []
     for src in sources:
         obj = objdir / src.replace(".c", ".o")
@@ -177,7 +178,7 @@ def build_firmware(project: Path, target, codegen: str, variant: str = "qemu") -
         objects.append(str(obj.relative_to(project)))
     if codegen == "llvm":
         objects.append("kernels.o")
-    _run([gcc, *flags, *defines, *objects, *link_flags(variant, stem), "-o", f"{stem}.elf"], project,
+    _run([gcc, *flags, *defines, *objects, *link_flags(stem), "-o", f"{stem}.elf"], project,
          f"linking {stem}.elf")
     return project / f"{stem}.elf"
 

@@ -22,7 +22,7 @@ Output folder (written to a temp folder and renamed into place only when every c
                      target cross-linked with <triple>-gcc (aarch64-linux-gnu-gcc for the rpi4)
     model.onnx       the nested-If ONNX graph of the same network, for onnxruntime comparisons (`edgenas profile`)
     reference.json   the test inputs with onnxruntime's logits and exits (stage chain, exit rule in float32)
-    build.json       this report
+    build.json       this report, with the SHA-256 of model.so and model.onnx (`profile` loads no other bytes)
     static/          Cortex-A only: the functional check without a board: the MCU compiler's static C driver
                      (lowering, memplan, cdriver) with the TVM kernels for the target CPU and a hosted main
                      (mcu_files/hosted_main.c), linked -static and run under qemu-aarch64
@@ -89,6 +89,7 @@ class HostBuildReport:
     n_test_inputs: int
     check: dict              # how the build was checked against onnxruntime, and the result
     source: str
+    sha256: dict             # file -> SHA-256 of what `profile` loads (model.so is code); it refuses any other bytes
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -412,6 +413,7 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
     """
     from edgenas.compile.mcu import (_test_inputs, load_model_source, publish_project, reference_document,
                                      reference_outputs)
+    from edgenas.profile.artefact import sha256_of
 
     target = _as_target(target)
     _check_target(target)
@@ -468,7 +470,8 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
             thresholds=tuple(src.thresholds), tune_trials=int(tune_trials),
             tuning_seconds=round(build_s if tune_trials else 0.0, 2),
             compile_seconds=round(compile_s, 2), n_test_inputs=int(x.shape[0]), check=check,
-            source=str(Path(model_path).resolve()))
+            source=str(Path(model_path).resolve()),
+            sha256={name: sha256_of(tmp / name) for name in (LIBRARY_FILE, ONNX_FILE)})
         publish_project(tmp, out_dir, REPORT_FILE, report.to_dict(),
                         reference_document(x, ref_logits, ref_exits, input_shape=list(src.input_shape)))
     except BaseException:

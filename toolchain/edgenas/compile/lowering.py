@@ -70,6 +70,52 @@ class StageProgram:
     workspace_bytes: int         # largest TIR-internal scratch one kernel of this stage asks the workspace for
 
 
+# Operators whose output shape depends on the input values: both compilers build every buffer with a static shape
+# (the firmware's arena is planned at compile time, the host library's Relax VM is composed for static shapes).
+DATA_DEPENDENT_SHAPE_OPS = ("NonMaxSuppression", "NonZero", "Unique", "Compress")
+
+
+def check_operators(model, name: str) -> None:
+    """Reject, before any long step, what TVM's Relax ONNX frontend or the static-shape compilers cannot take: an
+    opset newer than the installed onnx knows, an operator the frontend has no converter for, and operators whose
+    output shape depends on the data. `name` says which file in the message."""
+    import onnx
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from edgenas.cost.onnx_frontend import check_opset
+
+    check_opset(model, name)
+    converters = _get_convert_map()
+    unknown: dict[str, str] = {}
+    dynamic: dict[str, str] = {}
+
+    def visit(graph) -> None:
+        for node in graph.node:
+            where = node.name or node.output[0]
+            if node.op_type in DATA_DEPENDENT_SHAPE_OPS:
+                dynamic.setdefault(node.op_type, where)
+            elif node.op_type not in converters:
+                unknown.setdefault(node.op_type, where)
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        visit(g)
+
+    visit(model.graph)
+    if unknown:
+        ops = ", ".join(f"{op} (node {where})" for op, where in sorted(unknown.items()))
+        raise EdgenasError(f"{name} uses operators TVM 0.27's Relax ONNX frontend does not support: {ops}",
+                           f"replace them with operators it converts: {len(converters)}, e.g. Conv, Gemm, MatMul, "
+                           "Add, Relu, pooling; recurrent layers such as LSTM, GRU and RNN are not among them")
+    if dynamic:
+        ops = ", ".join(f"{op} (node {where})" for op, where in sorted(dynamic.items()))
+        raise EdgenasError(f"{name} uses operators whose output shape depends on the data: {ops}; the compiled "
+                           "model needs static shapes", "leave them out of the compiled model and apply them to its "
+                           "outputs in the application")
+
+
 def lower_onnx(model, input_name: str, input_shape: Sequence[int]):
     """Relax IRModule of a stage with fused TIR kernels (constants folded into the kernels' arguments)."""
     import tvm

@@ -7,9 +7,10 @@ TVM to fused TIR kernels (`lowering.py`); all kernels are built into one LLVM ob
 (`codegen="llvm"`, the target's `tvm_target` dict) or into C source (`codegen="c"`, compiled by arm-none-eabi-gcc
 -O2). A generated static C driver (`cdriver.py`) holds the weights as `const` arrays (flash), one activation arena
 whose offsets come from buffer lifetimes over the whole stage chain (`memplan.py`), and `edgenas_run` with the exit
-rule in C. The project (`firmware.py`) is built for QEMU (`firmware.elf`, semihosting, APB timer) and for a real
-board (`firmware-board.elf`, DWT cycle counter, UART), and sized from the linker output. `firmware.json` records
-the report; `reference.json` the test inputs' onnxruntime logits and exits that `edgenas.profile` checks against.
+rule in C. The project (`firmware.py`) is built for QEMU (`firmware.elf`, APB timer) and for a real board
+(`firmware-board.elf`, DWT cycle counter), both reporting over the UART without semihosting, and sized from the
+linker output. `firmware.json` records the report; `reference.json` the test inputs' onnxruntime logits and exits
+that `edgenas.profile` checks against.
 
 int8 (`dtype="int8"`, the QDQ stage files of `stages_int8/`): TVM 0.27's Relax ONNX frontend imports
 QuantizeLinear/DequantizeLinear as `R.quantize`/`R.dequantize`, and LegalizeOps lowers them to float TIR. FoldConstant
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,6 +80,7 @@ class FirmwareReport:
     n_test_inputs: int
     fits: bool
     excess: dict
+    report_channel: str = "uart"        # report and exit over UART0, no semihosting (edgenas.profile.qemu)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -106,13 +107,27 @@ class FirmwareReport:
 # ------------------------------------------------------------------------------------------------ inputs
 def _onnx_input(model) -> tuple[str, tuple[int, ...]]:
     inits = {i.name for i in model.graph.initializer}
+    inputs = [inp.name for inp in model.graph.input if inp.name not in inits]
+    if len(inputs) > 1:  # the driver and the host library feed one image; the rest would be left unset
+        raise EdgenasError(f"the ONNX model has {len(inputs)} inputs ({', '.join(inputs[:4])}); compile takes models "
+                           "with one image input", "turn the other inputs into initializers, or export the "
+                           "part of the model that takes the image")
     for inp in model.graph.input:
         if inp.name in inits:
             continue
+        batch = inp.type.tensor_type.shape.dim[:1]
+        if batch and batch[0].HasField("dim_value") and batch[0].dim_value > 1:
+            raise EdgenasError(f"input {inp.name} has batch size {batch[0].dim_value}; the firmware and the host "
+                               "library run one input at a time", "export the model with batch 1 or a symbolic batch")
         dims = []
         for k, d in enumerate(inp.type.tensor_type.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
                 dims.append(int(d.dim_value))
+            elif d.HasField("dim_value"):
+                shape = [int(e.dim_value) if e.HasField("dim_value") else e.dim_param
+                         for e in inp.type.tensor_type.shape.dim]
+                raise EdgenasError(f"input {inp.name} is zero-sized: dimension {k} is 0 (shape {shape})",
+                                   "export the model with its real input size (every dimension at least 1)")
             elif k == 0:
                 dims.append(1)  # symbolic batch: compile for batch 1
             else:
@@ -161,6 +176,8 @@ def load_model_source(path: Path, dtype: str) -> ModelSource:
     except Exception as exc:  # protobuf decode errors
         raise EdgenasError(f"cannot read {path} as ONNX: {' '.join(str(exc).split())[:160]}",
                            "pass a model written by onnx.save or torch.onnx.export") from None
+    from edgenas.compile.lowering import check_operators
+    check_operators(model, str(path))
     name, shape = _onnx_input(model)
     out = model.graph.output[0].type.tensor_type.shape.dim
     n_classes = int(np.prod([d.dim_value for d in out if d.dim_value > 0])) if out else 1
@@ -268,16 +285,18 @@ def _fresh_out_dir(out_dir: Path) -> None:
 
 def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str = "float32",
                 test_inputs: np.ndarray | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
-                build_board: bool = True) -> FirmwareReport:
+                build_board: bool = True, keep_failed: bool = False) -> FirmwareReport:
     """Build a firmware project in `out_dir` (replacing an earlier one atomically) and return its report.
 
     `model_or_run`: an export folder (exits.json + stage files), its model.onnx, a plain ONNX model (one stage), or
     a search run folder holding one exported candidate.
 
-    Raises EdgenasError when the firmware exceeds the target's flash or RAM budget, after writing the project
-    and its `firmware.json` size report.
+    Raises EdgenasError when the firmware exceeds the target's flash or RAM budget. Nothing is left behind then
+    (nor on any other error), unless `keep_failed`: then the project, with its `firmware.json` size report, is
+    kept in `out_dir`. TVM's and LLVM's messages go to `build.log` in the project, not to the terminal.
     """
     from edgenas.compile import cdriver, firmware
+    from edgenas.compile.outputs import OutputFolder
 
     if codegen not in CODEGENS:
         raise EdgenasError(f"unknown codegen '{codegen}'", f"use one of {', '.join(CODEGENS)}")
@@ -303,23 +322,25 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
                                "pass (logits (N, n_classes), exits (N,)) for the test inputs")
 
     import onnx
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        programs, plan, pool = cdriver.driver_project(
-            [onnx.load(str(st.path)) for st in src.stages], src.stages, src.thresholds, src.n_classes, src.input_shape,
-            x, ref_logits, ref_exits, codegen, target.tvm_target, tmp)
+    with OutputFolder(out_dir, keep_failed) as work:  # an unwritable out_dir fails here, before the long build
+        tmp = work.tmp
+        with work.captured_log():
+            programs, plan, pool = cdriver.driver_project(
+                [onnx.load(str(st.path)) for st in src.stages], src.stages, src.thresholds, src.n_classes,
+                src.input_shape, x, ref_logits, ref_exits, codegen, target.tvm_target, tmp)
         for name, text in {"firmware.ld": firmware.linker_script(target, "qemu", firmware.STACK_BYTES),
                            "firmware-board.ld": firmware.linker_script(target, "board", firmware.STACK_BYTES),
                            "Makefile": firmware.makefile(target, codegen)}.items():
             (tmp / name).write_text(text)
         firmware.copy_fixed_files(tmp)
-        elf = firmware.build_firmware(tmp, target, codegen, "qemu")
+        weight_bytes = int(sum(cdriver.tensor_summary(programs).values()))
+        _check_weights_fit_the_link(target, weight_bytes, work)
+        elf = _build(work, target, codegen, "qemu")
         sizes = firmware.size_report(elf, tmp / "firmware.map", target, plan.size, pool, firmware.STACK_BYTES)
         excess = sizes.excess()
         board_elf = None
         if build_board and not excess:
-            board_elf = firmware.build_firmware(tmp, target, codegen, "board").name
+            board_elf = _build(work, target, codegen, "board").name
         try:
             predicted = predicted_costs(src, target, dtype)
         except EdgenasError as exc:
@@ -328,17 +349,53 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
             project_dir=str(out_dir), target=target.name, codegen=codegen, dtype=dtype, n_stages=len(programs),
             n_classes=src.n_classes, thresholds=src.thresholds, elf=elf.name, board_elf=board_elf,
             sizes=sizes.to_dict(), arena_bytes=plan.size, arena_peak_live_bytes=plan.peak_live_bytes,
-            workspace_pool_bytes=pool, weight_bytes=int(sum(cdriver.tensor_summary(programs).values())),
+            workspace_pool_bytes=pool, weight_bytes=weight_bytes,
             macs_per_exit=src.macs_per_exit or _macs_from_prediction(predicted), predicted=predicted,
             n_test_inputs=int(x.shape[0]), fits=not excess, excess=excess)
+        if excess and not keep_failed:
+            raise EdgenasError(_too_big_message(target, sizes), "shrink the model (fewer channels or exits) or pick "
+                                                                "a larger target; --keep-failed keeps the project")
         publish_project(tmp, out_dir, REPORT_FILE, report.to_dict(), reference_document(x, ref_logits, ref_exits))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        work.published = True
     if excess:
         raise EdgenasError(_too_big_message(target, sizes), "shrink the model (fewer channels or exits) or pick a "
-                                                            f"larger target; the size report is in {out_dir / REPORT_FILE}")
+                                                            f"larger target; kept in {out_dir} because --keep-failed "
+                                                            f"(size report: {out_dir / REPORT_FILE})")
     return report
+
+
+def _build(work, target, codegen: str, variant: str) -> Path:
+    """build_firmware, with an error that names no folder about to be deleted."""
+    from edgenas.compile import firmware
+    try:
+        return firmware.build_firmware(work.tmp, target, codegen, variant)
+    except EdgenasError as exc:
+        if work.keep_failed:
+            kept = work.keep()
+            raise EdgenasError(exc.problem, f"kept in {kept} because --keep-failed: run `make` there to see the "
+                                            "full compiler output") from None
+        raise EdgenasError(exc.problem, "rerun with --keep-failed to keep the project, then run `make` in it") from None
+
+
+def _qemu_flash_bytes() -> int:
+    from edgenas.compile.firmware import QEMU_MEMORY
+    length = QEMU_MEMORY["flash_length"]
+    return int(length[:-1]) * 1024 * 1024 if length.endswith("M") else int(length, 0)
+
+
+def _check_weights_fit_the_link(target, weight_bytes: int, work) -> None:
+    """Weights beyond the QEMU image's flash region make the link itself fail, before any size report: say what
+    the size report would have said (the budget is exceeded by at least the weights) instead of a linker error."""
+    budget = target.budgets.flash_bytes or target.flash_bytes
+    if weight_bytes <= _qemu_flash_bytes() or budget is None or weight_bytes <= budget:
+        return
+    problem = (f"firmware does not fit target {target.name}: flash of at least {weight_bytes} B (the weights alone) "
+               f"exceeds the {budget} B budget by at least {weight_bytes - budget} B")
+    if work.keep_failed:
+        kept = work.keep()
+        raise EdgenasError(problem, f"shrink the model (fewer channels or exits) or pick a larger target; kept in "
+                                    f"{kept} (not linked: over the QEMU image's flash) because --keep-failed")
+    raise EdgenasError(problem, "shrink the model (fewer channels or exits) or pick a larger target")
 
 
 def reference_document(x: np.ndarray, ref_logits: np.ndarray, ref_exits: np.ndarray, **extra) -> dict:

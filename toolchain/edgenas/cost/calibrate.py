@@ -55,6 +55,7 @@ KIND_FIELDS = ("fixed_cycles", "cycles_per_mac", "cycles_per_input_byte", "cycle
                "cycles_per_weight_byte")  # aligned with FEATURES
 _FUSED_INTO_PRODUCER = ("act", "add", "mul", "reshape")  # kinds ORT folds into the kernel before them
 _CSV_UNITS = {"latency_s": 1.0, "latency_ms": 1e-3, "latency_us": 1e-6}
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}
 # channel blocks `calibrate` picks from by cross-validation (onnxruntime NCHWc pads to 8 on AVX2, 16 on AVX-512)
 CHANNEL_BLOCKS = (1, 8, 16)
 
@@ -121,10 +122,23 @@ def _bad(where: str, problem: str, fix: str) -> EdgenasError:
     return EdgenasError(f"{where}: {problem}", fix)
 
 
-def _positive_time(value, where: str, what: str) -> float:
+def _positive_time(value, where: str, what: str, unit: str = "s", scale: float = 1.0, typed: str | None = None
+                   ) -> float:
+    """`value` (in `unit`, `scale` seconds each) as seconds, if it is a plausible measurement: 1 ns to one hour,
+    the range of budget durations (edgenas.targets). Outside it the time is a typo or a unit mix-up, and a fit that
+    took it would be degenerate (a 1e308 ms row zeroes every coefficient). `typed`: the value as written, for
+    messages (1e-400 reads as 0.0)."""
+    from edgenas.targets import MAX_DURATION_S, MIN_DURATION_S
+
+    shown = repr(value) if typed is None else repr(typed.strip()[:40])
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _bad(where, f"{what} must be a positive number of seconds, got {value!r}", "e.g. 1.25e-3")
-    return float(value)
+        raise _bad(where, f"{what} must be a positive number of {_UNIT_NAMES[unit]}, got {shown}",
+                   "e.g. 1.25e-3 s, written in the file's unit")
+    seconds = float(value) * scale
+    if not MIN_DURATION_S <= seconds <= MAX_DURATION_S:
+        raise _bad(where, f"{what} {shown} {unit} is out of range (1 ns to 1 hour per measurement)",
+                   "check the number and the unit of the column")
+    return seconds
 
 
 _GRAPHS: dict[tuple[str, int, int], CostGraph] = {}  # (path, mtime_ns, size) -> graph: calibrate reads each model once
@@ -154,7 +168,13 @@ def read_csv(path: Path, bpe: int, channel_block: int = 1) -> Measurements:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _bad(str(path), f"cannot read: {exc}", "pass a UTF-8 CSV file") from None
-    rows = list(csv.reader(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")))
+    kept = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    reader = csv.reader(line for _, line in kept)
+    rows, line_numbers = [], []
+    for row in reader:
+        rows.append(row)
+        line_numbers.append(kept[reader.line_num - 1][0])  # messages name the file's line, comments included
     if not rows:
         raise _bad(str(path), "is empty", "write a header `model,latency_ms` and one row per model")
     header = [h.strip().lower() for h in rows[0]]
@@ -167,15 +187,16 @@ def read_csv(path: Path, bpe: int, channel_block: int = 1) -> Measurements:
     i_model, i_lat = header.index("model"), header.index(units[0])
     out = Measurements(sources=[str(path)])
     graphs: dict[Path, CostGraph] = {}
-    for n, row in enumerate(rows[1:], start=2):
+    unit = units[0][len("latency_"):]
+    for n, row in zip(line_numbers[1:], rows[1:]):
         where = f"{path}:{n}"
         if len(row) != len(header):
             raise _bad(where, f"has {len(row)} fields, the header has {len(header)}", "one value per column")
         try:
-            seconds = float(row[i_lat]) * _CSV_UNITS[units[0]]
+            value = float(row[i_lat])
         except ValueError:
-            raise _bad(where, f"latency {row[i_lat]!r} is not a number", f"write the time in {units[0][8:]}") from None
-        _positive_time(seconds, where, units[0])
+            raise _bad(where, f"latency {row[i_lat][:40]!r} is not a number", f"write the time in {unit}") from None
+        seconds = _positive_time(value, where, units[0], unit, _CSV_UNITS[units[0]], typed=row[i_lat])
         model_path = (path.parent / row[i_model].strip()).resolve()
         if model_path not in graphs:
             graphs[model_path] = _graph(model_path, where)
@@ -334,6 +355,7 @@ def read_ort_profile(model_path: Path, profile_path: Path, bpe: int, channel_blo
         seconds = sum(node_s[n] for n in nodes)
         if seconds <= 0:
             continue
+        _positive_time(seconds, f"{where}: kernels {', '.join(nodes)[:80]}", "kernel time")
         feats = graph_features(g, bpe, layers, channel_block)
         out.observations.append(Observation(key, seconds, feats))
         parts.append(feats)
@@ -580,6 +602,27 @@ class Calibration:
     channel_block: int = 1      # the one the model uses (chosen by cross-validation unless given)
     block_cv: Mapping[int, dict] = field(default_factory=dict)  # candidate channel block -> its cross_validate
 
+    def to_dict(self) -> dict:
+        """What `summary` says, as JSON values (`calibrate --json`); NaN (e.g. Kendall tau of constant
+        predictions) becomes None, since JSON has no NaN."""
+        from edgenas.targets import latency_to_dict
+
+        def clean(v):
+            if isinstance(v, float):
+                return v if math.isfinite(v) else None
+            if isinstance(v, dict):
+                return {str(k): clean(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [clean(x) for x in v]
+            return v
+
+        latency = latency_to_dict(self.latency)
+        return clean({"target": self.target, "n_models": self.n_models, "n_observations": self.n_observations,
+                      "sources": list(self.sources), "device": self.device, "runtime": self.runtime,
+                      "threads": self.threads, "channel_block": self.channel_block,
+                      "channel_block_cv": {b: cv["model"] for b, cv in sorted(self.block_cv.items())},
+                      "cross_validation": self.cv, "latency": latency})
+
     def summary(self) -> str:
         lines = [f"calibrated '{self.target}' on {self.n_models} models ({self.n_observations} observations; "
                  f"device: {self.device or 'unknown'}, runtime: {self.runtime or 'unknown'}, "
@@ -599,6 +642,30 @@ class Calibration:
         return "\n".join(lines)
 
 
+# Fewest distinct models `calibrate` fits. Held-out error from cross-validation over models is the only evidence that
+# the fitted coefficients predict a network they were not fitted on, and what `--json`/the summary report; with the
+# default 5 folds every fold holds out at least one model only from 5 distinct models on. Fewer models (or copies of
+# one, which add no information) leave the per-kind coefficients free to fit anything.
+MIN_DISTINCT_MODELS = 5
+
+
+def _model_signature(total: ModelTotal) -> tuple:
+    # two measurements of models with the same features are one model for the fit, whatever their file names
+    return (total.overhead, total.exits, tuple(sorted((k, tuple(round(v, 6) for v in f))
+                                                      for k, f in total.features.items())))
+
+
+def require_distinct_models(meas: Measurements) -> int:
+    """The number of distinct models measured; an EdgenasError below MIN_DISTINCT_MODELS."""
+    n = len({_model_signature(t) for t in meas.totals})
+    if n < MIN_DISTINCT_MODELS:
+        raise EdgenasError(f"the measurements cover {n} distinct model{'s' if n != 1 else ''} "
+                           f"({len(meas.totals)} measured), calibrate needs at least {MIN_DISTINCT_MODELS}",
+                           f"measure at least {MIN_DISTINCT_MODELS} different networks (copies of one model count "
+                           "once), so that cross-validation can report the held-out error")
+    return n
+
+
 def _cv_rank(cv: dict | None) -> tuple:
     if cv is None:
         return (0.0, 0.0, 0.0)
@@ -612,10 +679,11 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
     """Fit `target`'s latency model (a loaded edgenas.targets.Target) from measurement files; nothing is written.
 
     channel_block: the runtime's channel padding (LatencyModel.channel_block). None: the candidates CHANNEL_BLOCKS
-    and the target's own are each fitted and the one with the best K-fold held-out accuracy is kept (the target's
-    own when fewer than 3 models leave no cross-validation)."""
-    from edgenas.targets import Provenance, latency_override_toml
+    and the target's own are each fitted and the one with the best K-fold held-out accuracy is kept. Measurements
+    of fewer than MIN_DISTINCT_MODELS distinct models are refused, as is a name check_target_name refuses."""
+    from edgenas.targets import Provenance, check_target_name, latency_override_toml
 
+    new_name = check_target_name(name or f"{target.name}-calibrated", "calibrated target name")
     bpe = BYTES_PER_ELEMENT[target.latency.dtype]
     per_exit_s = target.latency.per_exit_cycles / target.clock_hz
     own = target.latency.channel_block
@@ -623,6 +691,8 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
     tried: dict[int, tuple] = {}
     for block in candidates:
         meas = read_measurements(sources, bpe, block)
+        if not tried:
+            require_distinct_models(meas)
         cv = cross_validate(meas, per_exit_s, k)
         tried[block] = (meas, cv)
         if cv is None:  # too few models to compare: keep the given / the target's block
@@ -653,7 +723,6 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
                       measured_on=device or "unknown device",
                       runtime=f"{runtime or 'unknown runtime'}, {threads or 'unknown'} thread(s)",
                       date=date.today().isoformat(), notes=notes)
-    new_name = name or f"{target.name}-calibrated"
     text = latency_override_toml(extends or target.name, new_name, model, [prov])
     return Calibration(target=target.name, latency=model, fit=fitted, cv=cv, n_models=n_models,
                        n_observations=len(meas.observations), sources=tuple(meas.sources), device=device,
@@ -667,15 +736,33 @@ def write_override(cal: Calibration, out: Path) -> Path:
 
     from edgenas.targets import load_target
 
+    import stat
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".toml")
+    if out.is_file() and not out.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        # the rename below would replace it (only the folder's permissions count): honour the file's own
+        raise EdgenasError(f"cannot write {out}: the file is read-only", "pass another --out, or make it writable")
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # removed again on failure
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".toml")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(cal.toml)
         load_target(tmp)  # the file must be a valid target before it takes the final name
         os.replace(tmp, out)
+        tmp = None
+    except OSError as exc:
+        folder = next((p for p in out.parents if p.exists()), None)
+        why = f"{folder} is not a folder" if folder is not None and not folder.is_dir() else exc.strerror or str(exc)
+        raise EdgenasError(f"cannot write {out}: {why}", "pass an --out path in a writable folder") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if tmp is not None or not out.exists():
+            for folder in created:  # innermost first; only the empty folders this call made
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return out

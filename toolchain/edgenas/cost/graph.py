@@ -45,6 +45,9 @@ class CostGraph:
     segment_outputs: tuple[str, ...]   # tensor leaving segment i (input of segment i+1 and of head i)
     exit_outputs: tuple[str, ...]      # output tensor of head i
     n_exits: int
+    # "op (layer)" of layers whose operator the front end does not know: their MACs and weights are not counted,
+    # so every total is a lower bound while this is not empty
+    unknown_ops: tuple[str, ...] = ()
 
     def shape_of(self, tensor: str) -> tuple[int, ...]:
         if tensor == self.input_name:

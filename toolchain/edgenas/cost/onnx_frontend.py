@@ -26,6 +26,27 @@ _POOL_OPS = {"MaxPool", "AveragePool", "LpPool", "GlobalMaxPool"}
 _ALIAS_OPS = {"Identity", "Dropout"}
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "PRelu"}
 _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div"}
+# Operators without weights or MACs that the latency model costs by the bytes they move (kind "other"). An
+# operator in none of these sets is unknown: its MACs and weights are not counted, and `analyze` says so.
+_DATA_OPS = {"Transpose", "Slice", "Split", "Pad", "Resize", "Upsample", "Cast", "Expand", "Tile", "DepthToSpace",
+             "SpaceToDepth", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ArgMax", "ArgMin", "Sqrt", "Pow",
+             "Neg", "Abs", "Reciprocal", "Log", "Max", "Min", "Sum", "Equal", "Greater", "Less", "GreaterOrEqual",
+             "LessOrEqual", "Not", "And", "Or", "Where", "Floor", "Ceil", "Round", "Sign", "QuantizeLinear",
+             "DequantizeLinear", "ConstantOfShape", "Range", "If", "Gather"}
+_KNOWN_OPS = (_ACT_OPS | _RESHAPE_OPS | _POOL_OPS | _ALIAS_OPS | _WEIGHT_OPS | _ELEMENTWISE_OPS | _DATA_OPS
+              | {"Constant", "Shape", "Size", "BatchNormalization", "GlobalAveragePool", "ReduceMean", "Concat"})
+
+
+def check_opset(model, name: str) -> None:
+    """An opset newer than the installed onnx knows has operator semantics nobody here can check: reject it."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx") and op.version > newest:
+            raise EdgenasError(f"{name} uses ONNX opset {op.version}, newer than the newest supported "
+                               f"(opset {newest}, onnx {onnx.__version__})",
+                               "export it with opset 18: torch.onnx.export(..., opset_version=18)")
 
 
 def from_onnx(model) -> CostGraph:
@@ -33,8 +54,11 @@ def from_onnx(model) -> CostGraph:
     import onnx
     from onnx import shape_inference
 
+    name = "the ONNX model"
     if not isinstance(model, onnx.ModelProto):
+        name = str(model)
         model = _load(model)
+    check_opset(model, name)
     try:
         inferred = shape_inference.infer_shapes(_with_visible_constants(model), strict_mode=False)
     except Exception as exc:  # onnx raises InferenceError and checker errors
@@ -109,6 +133,7 @@ class _Walker:
         self.layers: list[dict] = []
         self.by_output: dict[str, dict] = {}
         self.used_names: set[str] = set()
+        self.unknown: list[str] = []    # "op (layer name)" of every layer with an operator the cost model lacks
         self._collect(self.graph)
 
     # ------------------------------------------------------------------ bookkeeping over all (sub)graphs
@@ -164,10 +189,17 @@ class _Walker:
         inputs = [vi for vi in self.graph.input if vi.name not in self.consts]
         if not inputs:
             raise EdgenasError("ONNX graph has no (non-initializer) input", "export the model with an image input")
+        if len(inputs) > 1:  # a second input would be read by layers as a tensor that nothing produces
+            raise EdgenasError(f"ONNX graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs[:4])}); "
+                               "analyze takes models with one image input",
+                               "turn the other inputs into initializers, or export the part that takes the image")
         x = inputs[0]
         if self.shapes.get(x.name) is None:
             raise EdgenasError(f"ONNX input {x.name} has no static shape",
                                "export with a fixed C x H x W input (the batch dimension may be symbolic)")
+        if 0 in self.shapes[x.name]:
+            raise EdgenasError(f"ONNX input {x.name} is zero-sized (shape {list(self.shapes[x.name])})",
+                               "export with the real input size (every dimension at least 1)")
         self.input_name = x.name
         seg_outputs, exit_outputs = [], []
         self._level(self.graph, 0, seg_outputs, exit_outputs)
@@ -175,7 +207,7 @@ class _Walker:
                              int(d["macs"]), int(d["params"]), d["part"], d["index"]) for d in self.layers)
         return validate(CostGraph(layers=layers, input_name=x.name, input_shape=_strip(self.shapes[x.name]),
                                   segment_outputs=tuple(seg_outputs), exit_outputs=tuple(exit_outputs),
-                                  n_exits=len(seg_outputs)))
+                                  n_exits=len(seg_outputs), unknown_ops=tuple(self.unknown)))
 
     def _level(self, graph, level: int, seg_outputs: list, exit_outputs: list) -> None:
         nodes = list(graph.node)
@@ -322,6 +354,9 @@ class _Walker:
             kind = "gap" if self._reduces_spatial(node, len(in_shapes[0]) + 1) else "other"
         elif op == "Concat":
             kind = "concat"
+        elif op not in _KNOWN_OPS or (op == "Gather" and self.resolve(node.input[0]) in self.consts):
+            # a Gather from a constant table is an embedding lookup: its weights would go uncounted
+            self.unknown.append(f"{op} ({node.name or f'{op}_{out}'})")
         self._add(node, kind, acts, in_shapes, out, out_shape, macs, params, part, index, has_bias)
 
     def _add(self, node, kind, acts, in_shapes, out, out_shape, macs, params, part, index, has_bias) -> None:

@@ -53,8 +53,38 @@ def make_split(x: np.ndarray, y: np.ndarray) -> Split:
     return Split(x=torch.from_numpy(np.ascontiguousarray(xf)), y=torch.from_numpy(np.asarray(y, dtype=np.int64).copy()))
 
 
+# Fewest validation / test images before a warning. The search ranks candidates, sets exit thresholds and picks the
+# exported member on validation accuracy, and reports test accuracy; below 100 images the 95% interval of an
+# accuracy near 50% is wider than +-10 points, larger than the differences those decisions turn on.
+MIN_EVAL_IMAGES = 100
+_EVAL_USES = {"val": "rank candidates, set exit thresholds and pick the exported member",
+              "test": "report a test accuracy worth comparing"}
+_warned: set[tuple[str, str, int]] = set()  # one warning per split and process, however often a dataset is loaded
+
+
+def warn_small_splits(source: str, sizes: dict[str, int]) -> None:
+    """One line on stderr (not an error: a small set may be all there is) per split too small for its use."""
+    import sys
+
+    from edgenas.stats import accuracy_interval
+    for part, why in _EVAL_USES.items():
+        n = sizes.get(part, MIN_EVAL_IMAGES)
+        if n >= MIN_EVAL_IMAGES or (source, part, n) in _warned:
+            continue
+        _warned.add((source, part, n))
+        lo, hi = accuracy_interval(0.5, n)
+        print(f"warning: {source}: the {part} split has only {n} images; an accuracy measured on it is uncertain by "
+              f"+-{50 * (hi - lo):.0f} points (95%), too coarse to {why}; give it at least {MIN_EVAL_IMAGES} images",
+              file=sys.stderr)
+
+
 def make_dataset(name: str, source: str, class_names: Sequence[str], parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> Dataset:
     """Build a Dataset from numpy (x, y) pairs keyed train/val/test, checking what every stage relies on."""
+    if len(class_names) < 2:
+        raise EdgenasError(f"{source}: has {len(class_names)} class{'es' if len(class_names) != 1 else ''} "
+                           f"({', '.join(map(str, class_names)) or 'none'}); a classifier needs at least 2 "
+                           "(with one, every prediction is right and accuracy reads 1.000)",
+                           "add images of a second class (imagefolder: a second class subfolder)")
     for part, (x, y) in parts.items():
         if len(x) == 0:
             raise EdgenasError(f"{source}: the {part} split is empty", "add images to it or let edgenas carve it from train")
@@ -64,6 +94,11 @@ def make_dataset(name: str, source: str, class_names: Sequence[str], parts: dict
         if y.min() < 0 or y.max() >= len(class_names):
             raise EdgenasError(f"{source}: {part} labels span {int(y.min())}..{int(y.max())} but there are "
                                f"{len(class_names)} classes", "labels must be integers 0..n_classes-1")
+    present = np.unique(parts["train"][1])
+    if len(present) < 2:
+        raise EdgenasError(f"{source}: the train split holds only class '{class_names[int(present[0])]}'",
+                           "a classifier needs training images of at least 2 classes")
+    warn_small_splits(source, {part: len(x) for part, (x, _) in parts.items()})
     x_train = parts["train"][0]
     return Dataset(name=name, train=make_split(*parts["train"]), val=make_split(*parts["val"]),
                    test=make_split(*parts["test"]), n_classes=len(class_names), in_channels=int(x_train.shape[1]),

@@ -112,11 +112,20 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
 
 
 def _open_image(path: Path):
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; no dataset image is that large, so both are
+            # refused before any pixel is decoded (a small file can declare gigapixels and exhaust memory)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise EdgenasError(f"image {path} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                           "bomb, or not a dataset image)", "replace it with an image at a sane size, or delete it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise EdgenasError(f"cannot read image {path} ({type(exc).__name__})", "replace or delete the file") from None
 

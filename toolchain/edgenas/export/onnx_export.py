@@ -139,8 +139,9 @@ def _check_inputs(net: EarlyExitNet, check_x, check_y, calib_x, macs_per_exit) -
     return check_x, check_y.astype(np.int64), calib_x, macs
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """Refuse to replace a folder that is not an earlier export (it would be deleted)."""
+def _prepare_out_dir(out_dir: Path) -> tuple[Path, list[Path]]:
+    """Refuse to replace a folder that is not an earlier export (it would be deleted). Returns the folder and the
+    parent folders created for it (outermost first), which a failed export removes again."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -148,8 +149,25 @@ def _prepare_out_dir(out_dir: Path) -> Path:
         if any(out_dir.iterdir()) and not (out_dir / EXITS_FILE).is_file():
             raise EdgenasError(f"{out_dir} is not empty and holds no earlier export",
                                "choose an empty or new folder for --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return out_dir
+    created = [p for p in out_dir.parents if not p.exists()][::-1]
+    below = out_dir.parents[len(created)] if len(created) < len(out_dir.parents) else None  # the nearest existing one
+    if below is not None and not below.is_dir():
+        raise EdgenasError(f"--out {out_dir} is below {below}, which is a file", "choose another --out")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        _remove_created(created)
+        raise
+    return out_dir, created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the parent folders an export created (outermost first), if nothing else was put in them."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -231,12 +249,16 @@ def export_model(net: EarlyExitNet, out_dir: Path, check_x: np.ndarray, check_y:
     """
     meta = dict(meta or {})
     check_x, check_y, calib_x, macs = _check_inputs(net, check_x, check_y, calib_x, macs_per_exit)
-    out_dir = _prepare_out_dir(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    out_dir, created = _prepare_out_dir(out_dir)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError:
+        _remove_created(created)
+        raise
     umask = os.umask(0o022)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published folder gets the usual permissions
     try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published folder gets the usual permissions
         infos = stage_infos(net)
         protos = export_stage_protos(net)
         stage_paths = [save_model(m, tmp / info.file) for m, info in zip(protos, infos)]
@@ -271,8 +293,11 @@ def export_model(net: EarlyExitNet, out_dir: Path, check_x: np.ndarray, check_y:
         write_exits_json(tmp, doc)
         sizes = _sizes(tmp)
         _publish(tmp, out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created(created)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. disk full: the CLI's one line names the folder
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(out_dir)) from None
         raise
     return ExportReport(
         out_dir=out_dir, n_exits=net.n_exits, thresholds=tuple(net.thresholds),

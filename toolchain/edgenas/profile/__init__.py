@@ -1,8 +1,8 @@
 """Profile: run compiled artefacts and measure them. `qemu` (Cortex-M firmware, instruction counts), `serial`
 (a real board's report over UART, cycles), `mcu_report` (the harness report both read), `host` (TVM host builds:
 onnxruntime and TVM per exit / node / kernel on this machine), `ssh` (the same on a Cortex-A board, through a
-transport), `runner` (the self-contained measuring script both run). Lazy names: importing
-`edgenas.profile` starts nothing.
+transport), `runner` (the self-contained measuring script both run), `artefact` (the compiled folder and its JSON
+files, checked as untrusted data before anything runs). Lazy names: importing `edgenas.profile` starts nothing.
 """
 from __future__ import annotations
 

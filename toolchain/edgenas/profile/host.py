@@ -15,6 +15,8 @@ import platform
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from edgenas.errors import EdgenasError
 
 DEFAULT_REPEATS = 20
@@ -26,23 +28,39 @@ def _as_target(target):
     return load_target(target) if isinstance(target, (str, Path)) else target
 
 
-def check_artefact(artefact, target) -> dict:
-    """The build report of `artefact`, checked against the target it is profiled for."""
-    from edgenas.compile.host import LIBRARY_FILE, ONNX_FILE, load_build_report
+BUILD_KEYS = {"target": str, "library": str, "library_arch": str, "onnx_model": str, "input_shape": list,
+              "n_classes": int, "n_test_inputs": int, "sha256": dict}
 
-    artefact = Path(artefact)
-    if not artefact.exists():
-        raise EdgenasError(f"{artefact} does not exist", "pass the folder written by `edgenas compile`")
-    if not artefact.is_dir():
-        raise EdgenasError(f"{artefact} is not a build folder",
-                           "pass the folder written by `edgenas compile MODEL --target x86-host|rpi4`")
-    build = load_build_report(artefact)
+
+def check_artefact(artefact, target) -> dict:
+    """The build report of `artefact`, checked against the target it is profiled for, before anything is loaded.
+
+    model.so is code: its constructor runs when it is loaded. It is loaded only when its SHA-256 is the one
+    `compile` recorded in build.json (so is model.onnx); whoever can replace the library can also rewrite
+    build.json, so this catches a changed or foreign file, not a forged folder: profile only folders you built.
+    """
+    from edgenas.compile.host import LIBRARY_FILE, ONNX_FILE, REPORT_FILE, load_build_report
+    from edgenas.profile.artefact import artefact_folder, check_sha256, load_reference, read_json_object
+
+    artefact = artefact_folder(artefact, REPORT_FILE)
+    load_build_report(artefact)  # the format
+    report = artefact / REPORT_FILE
+    build = read_json_object(report, BUILD_KEYS)
     if build["target"] != target.name:
         raise EdgenasError(f"{artefact} was built for target {build['target']}, not {target.name}",
                            f"profile it with --target {build['target']}, or recompile it for {target.name}")
-    for name in (LIBRARY_FILE, ONNX_FILE, "reference.json"):
+    if (build["library"], build["onnx_model"]) != (LIBRARY_FILE, ONNX_FILE):
+        raise EdgenasError(f"{report} names library '{build['library']}' and model '{build['onnx_model']}', not "
+                           f"{LIBRARY_FILE} and {ONNX_FILE} of the folder", "rebuild the folder with `edgenas compile`")
+    shape = build["input_shape"]
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise EdgenasError(f"{report}: 'input_shape' {shape} is not a list of positive integers",
+                           "rebuild the folder with `edgenas compile`")
+    for name in (LIBRARY_FILE, ONNX_FILE):
         if not (artefact / name).is_file():
             raise EdgenasError(f"{artefact / name} not found", "rebuild the folder with `edgenas compile`")
+        check_sha256(artefact / name, build["sha256"].get(name), report)
+    load_reference(artefact, build["n_test_inputs"], build["n_classes"], int(np.prod(shape[1:])))
     return build
 
 

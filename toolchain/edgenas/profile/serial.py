@@ -7,7 +7,6 @@ measurements (cycles / clock_hz), unlike QEMU's instruction counts.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from edgenas.errors import EdgenasError
 from edgenas.profile.mcu_report import parse_report, summarize
@@ -49,13 +48,12 @@ def _read_until_end(conn, timeout_s: float) -> str:
 def profile_serial(port, firmware_dir, target, baudrate: int = 115200, timeout_s: float = 60.0,
                    n_inputs: int | None = None) -> dict:
     """Read one report from a board running `firmware-board.elf` and return a JSON-ready profile."""
-    from edgenas.compile.mcu import load_firmware_report, load_reference
+    from edgenas.profile.artefact import load_firmware_folder
 
-    firmware_dir = Path(firmware_dir)
-    fw = load_firmware_report(firmware_dir)
+    firmware_dir, fw, reference = load_firmware_folder(firmware_dir, target)
     report = parse_report(read_report(port, baudrate, timeout_s))
     name = port if isinstance(port, str) else getattr(port, "port", None) or "open port"
-    profile = summarize(report, load_reference(firmware_dir), fw, target, device=f"serial:{name}",
+    profile = summarize(report, reference, fw, target, device=f"serial:{name}",
                         n_inputs=n_inputs)
     profile.update(firmware=str(firmware_dir), codegen=fw["codegen"], dtype=fw["dtype"])
     return profile

@@ -3,8 +3,10 @@ archive callback, Pareto set, checkpoints, reports. A method object supplies the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from edgenas.search.nachos import NachosMethod
 from edgenas.search.operators import CanonicalRepair, ResetMutation, SpaceSampling
 from edgenas.search.pareto import choose_best, closest_misses, hypervolume_2d, pareto_members
 from edgenas.search.finetune import member_view
-from edgenas.search.runfolder import (CONFIG, FINETUNED, PARETO, SUPERNET, RunFolder, atomic_torch_save,
+from edgenas.search.runfolder import (ARCHIVE, CONFIG, FINETUNED, PARETO, SUPERNET, RunFolder, atomic_torch_save,
                                       atomic_write_json, read_json)
 from edgenas.train.exits import ExitTrainingConfig
 from edgenas.train.finetune import FinetuneConfig
@@ -134,7 +136,11 @@ def check_budgets_reachable(space, target, budgets, in_channels: int, n_classes:
                            "relax --sram/--flash/--latency or choose a bigger target")
 
 
-def _prepare_folder(folder: RunFolder, cfg: SearchConfig, resume: bool) -> None:
+def _prepare_folder(folder: RunFolder, cfg: SearchConfig, resume: bool, ui) -> list[Path] | None:
+    """Check that the search may write `folder`; returns the folders it had to create for a new run (outermost first;
+    [] when --out was an empty folder), None for a resumed one. config.json is written by the caller, under the lock."""
+    if folder.path.exists() and not folder.path.is_dir():
+        raise EdgenasError(f"--out {folder.path} is a file, not a folder", "choose another --out")
     if folder.exists():
         if not resume:
             raise EdgenasError(f"run folder {folder.path} already holds a search",
@@ -145,11 +151,44 @@ def _prepare_folder(folder: RunFolder, cfg: SearchConfig, resume: bool) -> None:
             diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
             raise EdgenasError(f"--resume with settings that differ from the run in {folder.path}: {', '.join(diff)}",
                                "resume with the original settings, or start a new run with another --out")
-    elif folder.path.exists() and any(folder.path.iterdir()):
+        return None
+    if folder.path.exists() and any(folder.path.iterdir()):
         raise EdgenasError(f"output folder {folder.path} exists and is not an edgenas run", "choose another --out")
-    else:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder.file(CONFIG), {**cfg.to_dict(), "versions": versions()})
+    if resume:  # `make demo` resumes whether or not a run exists: a mistyped --out must not pass unnoticed
+        ui.note(f"--resume: {folder.path} holds no run yet; starting a new search there")
+    created = [p for p in (folder.path, *folder.path.parents) if not p.exists()][::-1]
+    folder.path.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+@contextlib.contextmanager
+def _opened_folder(folder: RunFolder, cfg: SearchConfig, resume: bool, ui):
+    """The run folder prepared and locked for the whole search, the torn last line a kill may leave in a JSON-lines
+    file cut (an append after it would glue the next record to it). A search that created the folder and fails
+    before it has a supernet or an evaluated candidate removes it again, with the parent folders it created."""
+    created = _prepare_folder(folder, cfg, resume, ui)
+    try:
+        with folder.locked():
+            if created is not None:
+                atomic_write_json(folder.file(CONFIG), {**cfg.to_dict(), "versions": versions()})
+            for name in (ARCHIVE, FINETUNED):
+                cut = folder.cut_torn_tail(name)
+                if cut:
+                    ui.note(f"{folder.file(name)}: cut its torn last line ({cut} bytes, written when a search was "
+                            "killed); that record is made again")
+            yield
+    except BaseException:
+        archive = folder.file(ARCHIVE)
+        if created is not None and not folder.file(SUPERNET).is_file() and not (archive.is_file() and archive.stat().st_size):
+            if created:
+                shutil.rmtree(created[0], ignore_errors=True)
+            else:  # --out was an empty folder: what is in it now is this search's
+                for path in folder.path.iterdir():
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+        raise
 
 
 def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui):
@@ -159,7 +198,11 @@ def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui
     supernet = space.supernet(data.in_channels, data.n_classes)
     path = folder.file(SUPERNET)
     if path.is_file():
-        supernet.load_state_dict(torch.load(path, weights_only=True))
+        try:
+            supernet.load_state_dict(torch.load(path, weights_only=True))
+        except Exception as exc:  # torch raises several types for corrupt files and mismatched state_dicts
+            raise EdgenasError(f"cannot load supernet weights {path} ({type(exc).__name__})",
+                               "the file is corrupt or from another space: delete it and --resume retrains it") from None
         supernet.eval()
         ui.note(f"supernet loaded from {path}")
         return supernet
@@ -177,10 +220,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
     """The library entry point behind `edgenas search`: writes the run folder and returns its Pareto set.
 
     workers: processes evaluating candidates (None: one per core, at most 4). The archive does not depend on it."""
-    import torch
-
     from edgenas.data import load_dataset
-    from edgenas.report import write_pareto_plot, write_report
     from edgenas.ui import QuietUI
     from edgenas.spaces import create_space
     ui = ui or QuietUI()
@@ -193,12 +233,23 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
     space = create_space(cfg.space)
     check_budgets_reachable(space, target, budgets, data.in_channels, data.n_classes)
     folder = RunFolder(out)
-    _prepare_folder(folder, cfg, resume)
+    with _opened_folder(folder, cfg, resume, ui):
+        return _search_in_folder(folder, cfg, method, target, budgets, data, space, ui, workers, t0)
+
+
+def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budgets, data, space, ui,
+                      workers: int | None, t0: float) -> SearchResult:
+    """run_search's work once the folder is prepared and locked."""
+    import torch
+
+    from edgenas.report import write_pareto_plot, write_report
+    # a corrupt archive is refused before any work (finetuned.jsonl is read again when the members are prepared)
+    records = folder.read_archive(required=("key",))
+    folder.read_archive(FINETUNED)
     torch.manual_seed(cfg.seed)
     supernet = load_or_train_supernet(folder, space, data, cfg, ui)
     evaluator = method.make_evaluator(space, supernet, data, target, budgets, cfg)
 
-    records = folder.read_archive()
     cache = {r["key"]: r for r in records}
     new = 0
     n_total = cfg.pop_size * cfg.n_gen
@@ -352,10 +403,26 @@ def _run_members(run_dir) -> tuple[RunFolder, dict, dict[int, dict], list[dict]]
     if not Path(run_dir).is_dir():
         raise EdgenasError(f"run folder not found: {run_dir}", "pass the --out folder of an `edgenas search` run")
     config = folder.read_config()
-    pareto = read_json(folder.file(PARETO), "pareto.json")
-    records = {r["id"]: r for r in folder.read_archive()}
-    finetuned = {r["id"]: r for r in folder.read_archive(FINETUNED)} if pareto.get("weights") == "finetuned" else {}
-    members = [member_view(records[i], finetuned.get(i)) for i in pareto["members"] if i in records]
+    # a ZO-DARTS+ run without --target records target null
+    missing = [k for k, optional in (("dataset", False), ("target", True))
+               if not isinstance(config.get(k), str) and not (optional and config.get(k) is None)]
+    if missing:
+        raise EdgenasError(f"{folder.file(CONFIG)} lacks {', '.join(missing)}",
+                           "the file is corrupt; restore it or re-run the search")
+    pareto = read_json(folder.file(PARETO), "pareto.json", dict)
+    ids = pareto.get("members")
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise EdgenasError(f"{folder.file(PARETO)} has no list of member ids",
+                           "the file is corrupt; re-run the search with --resume to rewrite it")
+    if not folder.file(ARCHIVE).is_file():
+        raise EdgenasError(f"archive not found: {folder.file(ARCHIVE)}",
+                           "restore it, or re-run the search; the Pareto members are read from it")
+    # export reads these fields of every archived member (and --best its figures)
+    records = {r["id"]: r for r in folder.read_archive(required=("arch", "description", "val_accuracy",
+                                                                    "latency_expected_s", "n_exits"))}
+    finetuned = ({r["id"]: r for r in folder.read_archive(FINETUNED, required=("val_accuracy", "latency_expected_s"))}
+                 if pareto.get("weights") == "finetuned" else {})
+    members = [member_view(records[i], finetuned.get(i)) for i in ids if i in records]
     records.update({m["id"]: m for m in members})
     if not members:
         raise EdgenasError(f"{run_dir} has no Pareto members", "the search found no candidate within the budgets")
@@ -395,12 +462,26 @@ def load_candidate(run_dir, candidate: int | None = None):
         ckpt = torch.load(path, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
         raise EdgenasError(f"cannot read checkpoint {path} ({type(exc).__name__})", "the file is corrupt; re-run the search with --resume to rewrite it") from None
-    space = create_space(ckpt["space"])
-    arch = space.arch_from_dict(ckpt["arch"])
-    net = space.build_empty(arch, ckpt["in_channels"], ckpt["n_classes"])
-    # format-1 checkpoints predate truncation: their networks always end at the final exit
-    net = deployed_network(net, ckpt["active_exits"], ckpt["thresholds"], ckpt.get("truncated_after_exit"))
-    net.load_state_dict(ckpt["state_dict"])
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith("edgenas-candidate/"):
+        raise EdgenasError(f"{path} is not an edgenas candidate checkpoint",
+                           "the file is corrupt or foreign; re-run the search with --resume to rewrite it")
+    if ckpt.get("id") != record["id"]:
+        raise EdgenasError(f"{path} holds candidate {ckpt.get('id')}, not {record['id']}",
+                           "the run folder is inconsistent; re-run the search with --resume to rewrite it")
+    try:
+        space = create_space(ckpt["space"])
+        arch = space.arch_from_dict(ckpt["arch"])
+        net = space.build_empty(arch, ckpt["in_channels"], ckpt["n_classes"])
+        # format-1 checkpoints predate truncation: their networks always end at the final exit
+        net = deployed_network(net, ckpt["active_exits"], ckpt["thresholds"], ckpt.get("truncated_after_exit"))
+        net.load_state_dict(ckpt["state_dict"])
+    except EdgenasError:
+        raise
+    except Exception as exc:  # a checkpoint is data: whatever does not fit its architecture is a corrupt file
+        raise EdgenasError(f"checkpoint {path} does not match its architecture ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})",
+                           "the file is corrupt; re-run the search with --resume to rewrite it") from None
     net.eval()
     # formats 1-2 predate fine-tuning: their weights are the inherited ones
     return net, {**record, "weights": ckpt.get("weights", "inherited")}, config

@@ -3,7 +3,7 @@
    Counter: QEMU build (default) reads CMSDK APB timer0 (0x40000000, 25 MHz). Under `qemu-system-arm -icount
    shift=N` one instruction takes 2^N ns of virtual time, so instructions = ticks * 40 / 2^N (deterministic; an
    instruction count, not cycles). Board build (-DEDGENAS_BOARD) reads the DWT cycle counter (DEMCR.TRCENA,
-   DWT_CTRL.CYCCNTENA) and prints over the UART (see uart_retarget.c).
+   DWT_CTRL.CYCCNTENA). Both builds print over the UART and end with uart_retarget.c's EDGENAS EXIT line.
 
    Report (one line each, parsed by edgenas.profile):
      EDGENAS-REPORT 1 counter=<apb_timer_ticks|dwt_cycles> inputs=N stages=B classes=K
@@ -28,7 +28,6 @@ extern size_t edgenas_workspace_peak(void);
 #define DWT_CTRL (*(volatile uint32_t *)0xE0001000u)
 #define DWT_CYCCNT (*(volatile uint32_t *)0xE0001004u)
 #define DWT_LAR (*(volatile uint32_t *)0xE0001FB0u)
-extern void edgenas_uart_init(void);
 static void counter_init(void) {
   DEMCR |= 1u << 24;      /* TRCENA: enable the DWT */
   DWT_LAR = 0xC5ACCE55u;  /* unlock (Cortex-M7; ignored where there is no lock) */
@@ -41,7 +40,6 @@ static uint32_t counter_read(void) { return DWT_CYCCNT; }
 #define T0_CTRL (*(volatile uint32_t *)0x40000000u)
 #define T0_VALUE (*(volatile uint32_t *)0x40000004u)
 #define T0_RELOAD (*(volatile uint32_t *)0x40000008u)
-extern void initialise_monitor_handles(void);
 static void counter_init(void) {
   T0_CTRL = 0;
   T0_RELOAD = 0xFFFFFFFFu;
@@ -50,6 +48,8 @@ static void counter_init(void) {
 }
 static uint32_t counter_read(void) { return 0xFFFFFFFFu - T0_VALUE; }
 #endif
+
+extern void edgenas_uart_init(void);
 
 static uint32_t marks[EDGENAS_N_STAGES];
 static int n_marks;
@@ -65,11 +65,7 @@ void edgenas_fault(void) {
 }
 
 int main(void) {
-#ifdef EDGENAS_BOARD
   edgenas_uart_init();
-#else
-  initialise_monitor_handles();
-#endif
   counter_init();
   int fails = 0;
   printf("EDGENAS-REPORT 1 counter=%s inputs=%d stages=%d classes=%d\n", COUNTER_NAME, EDGENAS_N_TESTS,

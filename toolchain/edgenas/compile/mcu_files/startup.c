@@ -1,6 +1,6 @@
 /* Reset handler and vector table for Cortex-M (edgenas firmware). Copies .data (with the .got that LLVM-built
    kernels use) from flash, zeroes .bss, enables the FPU when the build uses one, runs main() and exits with its
-   return value (under QEMU + semihosting that is QEMU's exit status). */
+   return value (uart_retarget.c's _exit prints it on the UART and, under QEMU, ends the emulator). */
 #include <stdint.h>
 
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
