@@ -151,19 +151,17 @@ def export(run_dir, candidate: int | None = None, out=None):
 def targets_cli(json_out: bool = False) -> None:
     from edgenas.targets import list_targets, load_target
     from edgenas.ui import print_table
+    targets = [(name, load_target(name)) for name in list_targets()]
     if json_out:  # the table's content, unrounded, in base units
         import json
         print(json.dumps([{"name": name, "cpu": t.cpu, "clock_hz": t.clock_hz, "sram_bytes": t.sram_bytes,
                            "flash_bytes": t.flash_bytes, "latency_budget_s": t.budgets.latency_s,
-                           "description": t.description} for name, t in ((n, load_target(n)) for n in list_targets())],
-                         indent=2))
+                           "description": t.description} for name, t in targets], indent=2))
         return
-    rows = []
-    for name in list_targets():
-        t = load_target(name)
-        rows.append([name, t.cpu, f"{t.clock_hz / 1e6:.0f}", f"{t.sram_bytes / 1024:.0f}",
-                     "-" if t.flash_bytes is None else f"{t.flash_bytes / 1024:.0f}",
-                     "-" if t.budgets.latency_s is None else f"{t.budgets.latency_s * 1e3:g}", t.description])
+    rows = [[name, t.cpu, f"{t.clock_hz / 1e6:.0f}", f"{t.sram_bytes / 1024:.0f}",
+             "-" if t.flash_bytes is None else f"{t.flash_bytes / 1024:.0f}",
+             "-" if t.budgets.latency_s is None else f"{t.budgets.latency_s * 1e3:g}", t.description]
+            for name, t in targets]
     print_table(["name", "cpu", "clock MHz", "SRAM KiB", "flash KiB", "latency budget ms", "description"], rows,
                 title="edgenas targets")
 

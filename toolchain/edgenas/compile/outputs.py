@@ -21,18 +21,9 @@ import warnings
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
+from edgenas.paths import missing_folders, nearest_existing, remove_created
 
 LOG_FILE = "build.log"
-
-
-def _missing_parents(folder: Path) -> list[Path]:
-    """Ancestors of `folder` (deepest first) that do not exist yet."""
-    missing = []
-    for parent in folder.absolute().parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    return missing
 
 
 class OutputFolder:
@@ -41,8 +32,8 @@ class OutputFolder:
     def __init__(self, out_dir: Path, keep_failed: bool = False):
         self.out_dir = Path(out_dir)
         self.keep_failed = keep_failed
-        self.created = _missing_parents(self.out_dir)
-        existing = next(p for p in self.out_dir.absolute().parents if p.exists())
+        self.created = missing_folders(self.out_dir.parent)
+        existing = nearest_existing(self.out_dir)
         if not existing.is_dir():
             raise EdgenasError(f"cannot write the output folder {self.out_dir}: {existing} is a file, not a folder",
                                "pass an --out in a writable folder")
@@ -50,7 +41,7 @@ class OutputFolder:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
         except OSError as exc:
-            self._remove_created_parents()
+            remove_created(self.created)
             where = exc.filename or self.out_dir.parent
             if Path(where).name.startswith(f".{self.out_dir.name}."):  # the temp project: name the folder it is in
                 where = self.out_dir.parent
@@ -69,7 +60,7 @@ class OutputFolder:
         log_note = self._save_log()
         shutil.rmtree(self.tmp, ignore_errors=True)
         if not self.out_dir.exists():
-            self._remove_created_parents()
+            remove_created(self.created)
         _add_note(exc, log_note)
 
     def _save_log(self) -> str:
@@ -80,13 +71,6 @@ class OutputFolder:
         os.close(fd)
         shutil.move(str(self.log), kept)
         return f"TVM and compiler messages are in {kept}"
-
-    def _remove_created_parents(self) -> None:
-        for parent in self.created:  # deepest first; stops at one that is not empty (something else wrote there)
-            try:
-                parent.rmdir()
-            except OSError:
-                break
 
     def keep(self) -> Path:
         """--keep-failed: move the failed project to out_dir (replacing an earlier one) and return it."""
@@ -132,7 +116,7 @@ def check_writable(out_dir: Path) -> None:
     """Fail now, with one line, when `out_dir` cannot be created (before a long build); leaves nothing behind."""
     probe = OutputFolder(out_dir)
     shutil.rmtree(probe.tmp, ignore_errors=True)
-    probe._remove_created_parents()
+    remove_created(probe.created)
 
 
 @contextlib.contextmanager
@@ -140,7 +124,7 @@ def external_build(out_dir: Path):
     """Around a builder that writes `out_dir` itself (compile_host): parent folders it creates are removed when it
     fails, and third-party output goes to a log that ends as out_dir/build.log (in the temp folder on failure)."""
     out_dir = Path(out_dir)
-    created = _missing_parents(out_dir)
+    created = missing_folders(out_dir.parent)
     fd, log = tempfile.mkstemp(prefix=f"edgenas-compile-{out_dir.name}-", suffix=".log")
     os.close(fd)
     log = Path(log)
@@ -149,11 +133,7 @@ def external_build(out_dir: Path):
             yield
     except BaseException as exc:
         if not out_dir.exists():
-            for parent in created:
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
+            remove_created(created)
         if log.stat().st_size:
             _add_note(exc, f"TVM and compiler messages are in {log}")
         else:

@@ -27,6 +27,7 @@ import torch
 
 from edgenas import __version__
 from edgenas.errors import EdgenasError
+from edgenas.paths import missing_folders, naming_path, nearest_existing, remove_created
 from edgenas.export.checks import (Agreement, agreement, compare_with_torch, exit_metrics, load_onnx, ort_session,
                                    run_early_exit, run_static, save_model)
 from edgenas.export.compose import compose_if_graph, compose_static_graph, stamp_metadata
@@ -149,25 +150,16 @@ def _prepare_out_dir(out_dir: Path) -> tuple[Path, list[Path]]:
         if any(out_dir.iterdir()) and not (out_dir / EXITS_FILE).is_file():
             raise EdgenasError(f"{out_dir} is not empty and holds no earlier export",
                                "choose an empty or new folder for --out")
-    created = [p for p in out_dir.parents if not p.exists()][::-1]
-    below = out_dir.parents[len(created)] if len(created) < len(out_dir.parents) else None  # the nearest existing one
-    if below is not None and not below.is_dir():
+    created = missing_folders(out_dir.parent)
+    below = nearest_existing(out_dir)
+    if not below.is_dir():
         raise EdgenasError(f"--out {out_dir} is below {below}, which is a file", "choose another --out")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
-        _remove_created(created)
+        remove_created(created)
         raise
     return out_dir, created
-
-
-def _remove_created(created: list[Path]) -> None:
-    """Remove the parent folders an export created (outermost first), if nothing else was put in them."""
-    for folder in reversed(created):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -253,7 +245,7 @@ def export_model(net: EarlyExitNet, out_dir: Path, check_x: np.ndarray, check_y:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     except OSError:
-        _remove_created(created)
+        remove_created(created)
         raise
     umask = os.umask(0o022)
     os.umask(umask)
@@ -295,9 +287,9 @@ def export_model(net: EarlyExitNet, out_dir: Path, check_x: np.ndarray, check_y:
         _publish(tmp, out_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_created(created)
+        remove_created(created)
         if isinstance(exc, OSError) and exc.filename is None:  # e.g. disk full: the CLI's one line names the folder
-            raise type(exc)(exc.errno, exc.strerror or str(exc), str(out_dir)) from None
+            raise naming_path(exc, out_dir) from None
         raise
     return ExportReport(
         out_dir=out_dir, n_exits=net.n_exits, thresholds=tuple(net.thresholds),

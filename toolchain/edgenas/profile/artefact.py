@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgenas.errors import EdgenasError
+from edgenas.paths import nearest_existing
 
 REFERENCE_FILE = "reference.json"
 
@@ -139,9 +140,9 @@ def check_output_file(out: Path) -> None:
     out = Path(out)
     if out.is_dir():
         raise EdgenasError(f"--out {out} is a folder", "pass a file name, e.g. --out profile.json")
-    existing = next((p for p in out.absolute().parents if p.exists()), None)
+    existing = nearest_existing(out)
     problem = None
-    if existing is None or not existing.is_dir():
+    if not existing.is_dir():
         problem = f"{existing} is not a folder"
     else:
         try:  # a real write: permission bits say nothing for root, nor for read-only mounts

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from edgenas.errors import EdgenasError
+from edgenas.paths import missing_folders
 from edgenas.search.evaluate import EvaluationConfig
 from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
 from edgenas.search.nachos import NachosMethod
@@ -156,7 +157,7 @@ def _prepare_folder(folder: RunFolder, cfg: SearchConfig, resume: bool, ui) -> l
         raise EdgenasError(f"output folder {folder.path} exists and is not an edgenas run", "choose another --out")
     if resume:  # `make demo` resumes whether or not a run exists: a mistyped --out must not pass unnoticed
         ui.note(f"--resume: {folder.path} holds no run yet; starting a new search there")
-    created = [p for p in (folder.path, *folder.path.parents) if not p.exists()][::-1]
+    created = missing_folders(folder.path)
     folder.path.mkdir(parents=True, exist_ok=True)
     return created
 
@@ -291,7 +292,6 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
     members = pareto_members(records, method.objectives)
     ref = method.hypervolume_reference(records, budgets)
     feasible = [r for r in records if r["feasible"]]
-    members = [member_view(m, None) for m in members]
     hv = hypervolume_2d(np.array([[f / q for f, q in zip(method.objectives(r), ref)] for r in feasible]).reshape(-1, 2),
                         (1.0, 1.0))
     # "best": the invocation that ran the search fine-tunes the member --best takes; one that finds the search done
@@ -377,7 +377,7 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
                     advance(f"#{record['id']} test acc {archived['test_accuracy']:.3f} -> {record['test_accuracy']:.3f}")
                 else:
                     advance(f"#{record['id']} saved")
-    return [member_view({k: v for k, v in m.items() if k != "weights"}, done.get(m["id"])) for m in members]
+    return [member_view(m, done.get(m["id"])) for m in members]
 
 
 def save_member_checkpoint(run_dir: str, space_name: str, n_classes: int, in_channels: int, record: dict, net) -> None:

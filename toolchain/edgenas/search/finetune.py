@@ -19,7 +19,7 @@ import numpy as np
 
 from edgenas.errors import EdgenasError
 from edgenas.nn.early_exit import deployed_network
-from edgenas.search.evaluate import budget_violations, candidate_seed, fit_exit_policy
+from edgenas.search.evaluate import budget_violations, fit_exit_policy
 from edgenas.train.finetune import FinetuneConfig, finetune_network, teacher_probabilities
 
 # archive fields a fine-tuned member replaces; the merged view keeps the archive's values under "inherited"

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
+from edgenas.paths import naming_path
 
 ARCHIVE = "archive.jsonl"
 CONFIG = "config.json"
@@ -28,13 +29,6 @@ SUPERNET = "supernet.pt"
 CHECKPOINTS = "checkpoints"
 FINETUNED = "finetuned.jsonl"
 LOCK = ".lock"
-
-
-def naming_path(exc: OSError, path) -> OSError:
-    """The OSError of a write (disk full...), naming `path` when the system did not: the CLI prints one line with it."""
-    if exc.filename is not None:
-        return exc
-    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
