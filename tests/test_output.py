@@ -163,7 +163,7 @@ def zodarts_on_toy_data(monkeypatch, toy_data):
     from edgenas.search import zodarts
     real_search = zodarts.search_zodarts
     monkeypatch.setattr(zodarts, "search_zodarts",
-                        lambda dataset, **opts: real_search(toy_data, **opts, **ZODARTS_TINY))
+                        lambda dataset, **opts: real_search(toy_data, **{**opts, **ZODARTS_TINY}))
 
 
 def test_zodarts_search_json_on_stdout(tmp_path, capsys, zodarts_on_toy_data):

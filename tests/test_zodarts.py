@@ -12,8 +12,9 @@ from torch import nn
 
 from edgenas.errors import EdgenasError
 from edgenas.nn.sparsemax import sparsemax
-from edgenas.search.zodarts import (darts2_hypergradient, discretise, latency_table, make_config, op_probabilities,
-                                    retrain, search_zodarts, sync_twin, temperature, unit_direction, zo_hypergradient)
+from edgenas.search.zodarts import (darts2_hypergradient, make_config, op_probabilities, retrain, search_zodarts,
+                                    sync_twin, temperature, unit_direction, zo_hypergradient)
+from edgenas.search.zodarts_budget import Macro, cell_costs, derive_cell
 from edgenas.spaces.nb201 import EDGES, OPS, Nb201Arch
 
 
@@ -225,8 +226,9 @@ def test_discretise_is_per_edge_argmax():
     alpha = torch.full((len(EDGES), len(OPS)), -1.0)
     picks = [3, 3, 4, 1, 3, 1]
     alpha[torch.arange(len(EDGES)), torch.tensor(picks)] = 2.0
-    arch, repaired = discretise(alpha)
-    assert arch == Nb201Arch.from_indices(picks) and not repaired
+    derived = derive_cell(F.softmax(alpha, dim=1), alpha)
+    assert derived.arch == derived.argmax == Nb201Arch.from_indices(picks) and derived.reason == "argmax"
+    arch = derived.arch
     assert arch.to_string() == ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|"
                                 "+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
 
@@ -236,10 +238,11 @@ def test_discretise_repairs_a_disconnected_cell_with_the_most_likely_edge():
     alpha[:, 0] = 5.0                  # every edge prefers none
     alpha[3, 2] = 4.0                  # 3<-0 conv1x1 is the strongest real op
     alpha[0, 3] = 3.0
-    arch, repaired = discretise(alpha)
-    assert repaired and arch.to_string() == "|none~0|+|none~0|none~1|+|nor_conv_1x1~0|none~1|none~2|"
+    derived = derive_cell(F.softmax(alpha, dim=1), alpha)
+    assert derived.reason == "connectivity" and derived.rank == 0
+    assert derived.arch.to_string() == "|none~0|+|none~0|none~1|+|nor_conv_1x1~0|none~1|none~2|"
     with pytest.raises(EdgenasError, match="shape"):
-        discretise(torch.zeros(5, 5))
+        derive_cell(torch.zeros(5, 5), torch.zeros(5, 5))
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -301,31 +304,37 @@ def test_retraining_learns_and_evaluates_in_eval_mode(toy_data):
     assert out["train_loss"][-1] < out["train_loss"][0]
 
 
-def test_latency_penalty_pushes_towards_cheap_ops(toy_data):
-    from edgenas.targets import load_target
+def test_budget_multipliers_keep_the_expected_cell_within_the_budget(toy_data):
+    from edgenas.targets import load_target, target_with_budgets
     target = load_target("cortex-m7")
-    table = latency_table(target, C=4, N=1, resolution=8)
-    for row in table.seconds:
+    costs = cell_costs(Macro(4, 1, 8), target, 1, 4)
+    for row in costs.table["latency_s"]:
         none, skip, c1, c3, pool = row
         assert none == 0.0 and 0.0 < skip and c1 < c3 and pool < c3
-    common = dict(method="darts1", epochs=2, seed=1, arch_lr=0.05, **TINY)
-    plain = search_zodarts(toy_data, target=target, latency_weight=0.0, **common)
-    cheap = search_zodarts(toy_data, target=target, latency_weight=50.0, **common)
-    assert "nor_conv_3x3" in plain.genotype and "nor_conv_3x3" not in cheap.genotype
-    assert cheap.cost["latency_worst_s"] < plain.cost["latency_worst_s"]
-    expected = [table.expected_cells_s(torch.tensor(r.probabilities[-1], dtype=torch.float64)) for r in (plain, cheap)]
-    assert expected[1] < expected[0]
+    # a latency budget just above the uniform cell's: the macro fits, a search that drifts to 3x3 convs does not
+    budget_ms = 1.02e3 * costs.uniform()["latency_s"]
+    tight = target_with_budgets(target, latency=f"{budget_ms}ms")
+    common = dict(method="darts1", epochs=2, seed=1, arch_lr=0.05, target=tight, **TINY)
+    plain = search_zodarts(toy_data, penalty_step=0.0, **common)
+    held = search_zodarts(toy_data, penalty_step=5.0, **common)
+    assert plain.config["expected_over_budget"][-1]["latency_s"] > 1.0
+    assert all(m["latency_s"] == 0.0 for m in plain.config["multipliers"])
+    assert held.config["multipliers"][0]["latency_s"] > 0.0
+    assert held.config["expected_over_budget"][-1]["latency_s"] < plain.config["expected_over_budget"][-1]["latency_s"]
+    # whatever the search did, the derived cell fits
+    for res in (plain, held):
+        assert not res.violations and res.cost["latency_worst_s"] <= budget_ms / 1e3
 
 
-def test_target_budgets_are_checked_on_the_derived_network(toy_data):
+def test_target_budgets_are_met_by_the_derived_network(toy_data):
     from edgenas.targets import load_target, target_with_budgets
-    tight = target_with_budgets(load_target("cortex-m7"), latency="0.01ms", flash="1KB")
-    res = search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, target=tight, **TINY)
+    res = search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, target="cortex-m7", **TINY)
     # costed as deployed: the exit policy kept what its guard certifies (on 64 validation images, no exit)
-    assert res.cost["n_exits"] == res.exits["n_exits"]
-    assert set(res.violations) == {"latency_s", "flash_bytes"}
-    value, limit, _ = res.violations["latency_s"]
-    assert value == pytest.approx(res.cost["latency_worst_s"]) and limit == pytest.approx(1e-5)
+    assert res.cost["n_exits"] == res.exits["n_exits"] and res.violations == {}
+    assert res.config["macro_choice"].startswith("C=4 N=1 resolution=8: uniform cell latency")
+    tight = target_with_budgets(load_target("cortex-m7"), latency="0.01ms", flash="1KB")
+    with pytest.raises(EdgenasError, match="no zodarts macro with --C 4, --N 1, --resolution 8 fits cortex-m7"):
+        search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, target=tight, **TINY)
 
 
 def test_run_folder_is_written_and_reloads(toy_data, tmp_path):

@@ -19,7 +19,7 @@ def default_run_dir(target: str, method: str, dataset: str, seed: int) -> Path:
 def search(target: str | None = None, dataset: str | None = None, method: str = "nachos", out=None, seed: int = 0,
            resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
            pop_size=None, generations=None, supernet_steps=None, finetune_steps=None, finetune_members=None, epochs=None,
-           zo_variant="zodarts+", ui=None, config=None, workers=None):
+           zo_variant="zodarts+", ui=None, config=None, workers=None, macro_c=None, macro_n=None, resolution=None):
     """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting;
     target and dataset default to the config's (SearchConfig's defaults: cortex-m7, mnist5k)."""
     from edgenas.search.driver import SearchConfig, run_search
@@ -33,7 +33,11 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
             raise EdgenasError("--finetune-steps/--finetune-members do not apply to --method zodarts (it retrains the derived network)",
                                "use --epochs for the search; the retraining recipe is in ZodartsConfig")
         return _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy,
-                               epochs, zo_variant, ui)
+                               epochs, zo_variant, ui, dict(C=macro_c, N=macro_n, resolution=resolution))
+    given = [name for name, v in (("--C", macro_c), ("--N", macro_n), ("--resolution", resolution)) if v is not None]
+    if given:
+        raise EdgenasError(f"{'/'.join(given)} set(s) the zodarts network; --method {method} searches its space's own "
+                           f"sizes", f"drop {' '.join(given)} or use --method zodarts")
     changes = dict(target=target, dataset=dataset, method=method, seed=seed, latency=latency, sram=sram,
                    flash=flash, macs=macs, min_accuracy=min_accuracy)
     if pop_size is not None:
@@ -60,7 +64,8 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
     return run_search(cfg, out, resume=resume, ui=ui, workers=workers)
 
 
-def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy, epochs, variant, ui):
+def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy, epochs, variant, ui,
+                    macro):
     from edgenas.search.zodarts import search_zodarts
     from edgenas.targets import load_target, target_with_budgets
     if resume:
@@ -70,7 +75,7 @@ def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, ma
         raise EdgenasError(f"--epochs must be at least 1, got {epochs}", "pass a positive --epochs")
     tgt = target_with_budgets(load_target(target), latency=latency, sram=sram, flash=flash, macs=macs, min_accuracy=min_accuracy)
     out = Path(out) if out else default_run_dir(target, variant, dataset, seed)
-    return search_zodarts(dataset, method=variant, epochs=epochs, seed=seed, target=tgt, out_dir=out, ui=ui)
+    return search_zodarts(dataset, method=variant, epochs=epochs, seed=seed, target=tgt, out_dir=out, ui=ui, **macro)
 
 
 def search_cli(json_out: bool = False, **opts) -> None:
@@ -87,7 +92,8 @@ def search_cli(json_out: bool = False, **opts) -> None:
             print(json.dumps({**result.to_dict(), "run_dir": str(result.run_dir)}, indent=2))
             return
         ex = result.exits or {}
-        console.print(f"{result.method}: cell {result.genotype}; test accuracy {ex.get('test_accuracy', float('nan')):.4f} "
+        net = result.net_config
+        console.print(f"{result.method}: cell {result.genotype} (C={net.C} N={net.N} resolution={net.resolution}); test accuracy {ex.get('test_accuracy', float('nan')):.4f} "
                       f"with {ex.get('n_exits', 1)} exits (expected MACs {ex.get('macs_expected', float('nan')):.0f} "
                       f"of {ex.get('macs_worst', 0)}); search {result.search_seconds:.0f} s; "
                       f"budget violations: {result.violations or 'none'}; run folder: {result.run_dir}", markup=False)

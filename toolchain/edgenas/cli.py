@@ -41,6 +41,10 @@ def cli():
 @click.option("--epochs", default=None, type=int, help="zodarts: search epochs.")
 @click.option("--workers", default=None, type=int,
               help="Processes evaluating candidates (default: one per core, at most 4); the result does not depend on it.")
+@click.option("--C", "macro_c", default=None, type=int,
+              help="zodarts: stage-1 channels (default: the largest macro that fits the target's budgets).")
+@click.option("--N", "macro_n", default=None, type=int, help="zodarts: cells per stage (default: fitted, as --C).")
+@click.option("--resolution", default=None, type=int, help="zodarts: input side in pixels (default: fitted, as --C).")
 @click.option("--zo-variant", type=click.Choice(["zodarts+", "zodarts", "darts1", "darts2"]), default="zodarts+",
               show_default=True, help="zodarts: the estimator (ZO-DARTS+, ZO-DARTS, DARTS 1st/2nd order baselines).")
 @click.option("--json", "json_out", is_flag=True,

@@ -24,16 +24,14 @@ twin optimiser also moves alpha' by SGD on the training loss); gradient clipping
 is refreshed by copying tensors rather than deep-copying the module, which is cheaper. `none` ops are not computed
 in the supernet (they add exactly zero); every other op is computed even when its probability is 0, for every method.
 
-Discretisation: per-edge argmax of alpha (not sampling). If the argmax cell has no path from its input to its
-output, the `none` edge whose best other op has the largest alpha gets that op, until the cell is connected
-(`repaired` in the result says when this happened).
+Discretisation: the most probable connected cell (the per-edge argmax of alpha when it is connected; not sampling),
+and with a target the most probable one whose derived network fits every budget (search/zodarts_budget.py).
 
-Hardware-aware option (a target): the alpha objective adds
-    latency_weight * sum_stages N * sum_edges sum_ops p[e, o] * latency(o at the stage's shape) / reference
-where latency(o) is edgenas.cost.predict_latency of the deployed edge (op + the node addition it feeds) and the
-reference is the target's latency budget, or the expected cell latency at uniform probabilities without one. It is a
-direct alpha term of L_val, so every method sees it the same way. The target's budgets are checked on the derived
-network.
+With a target (search/zodarts_budget.py): the macro (C, N, resolution) is the largest of a grid whose cell fits the
+budgets in expectation at uniform probabilities, unless the caller fixes it; the alpha objective adds the
+Lagrangian term sum_m lambda_m * E_p[cost_m] / budget_m over latency, MACs and flash, with the multipliers raised
+by dual ascent after every architecture step while the expected cell is over a budget. It is a direct alpha term of
+L_val, so every method sees it the same way.
 
 Timing: `epoch_seconds` covers the training/search loop of each epoch only (batches, weight steps, architecture
 steps); data preparation, probability logging, derivation and retraining are outside it, the same for every method.
@@ -57,8 +55,9 @@ from torch import nn
 
 from edgenas.errors import EdgenasError
 from edgenas.nn.sparsemax import sparsemax
-from edgenas.spaces.nb201 import (EDGES, N_STAGES, OPS, Nb201Arch, Nb201NetConfig, Nb201Supernet, check_resolution,
-                                  edge_probe, stage_channels, stage_sides)
+from edgenas.search.zodarts_budget import (BudgetMultipliers, CellCosts, budget_checks, budget_limits,
+                                           choose_macro, derive_cell)
+from edgenas.spaces.nb201 import EDGES, N_STAGES, OPS, Nb201NetConfig, Nb201Supernet, check_resolution
 
 METHODS = ("zodarts+", "zodarts", "darts1", "darts2")
 ZO_METHODS = ("zodarts+", "zodarts")
@@ -69,9 +68,10 @@ class ZodartsConfig:
     method: str = "zodarts+"
     epochs: int = 10
     batch_size: int = 64
-    C: int = 16                       # stage-1 channels (2C, 4C after the reductions)
-    N: int = 3                        # cells per stage
-    resolution: int = 32
+    # macro; None: the largest of zodarts_budget's grid that fits the target (16, 3, 32 without a target)
+    C: int | None = None              # stage-1 channels (2C, 4C after the reductions)
+    N: int | None = None              # cells per stage
+    resolution: int | None = None
     search_samples: int | None = None  # cap on the train-split samples the search uses (None: all), halved w / alpha
     split_seed: int = 0               # the w/alpha split is fixed across run seeds, as the reference's split files
     # weights: SGD Nesterov, cosine per epoch from w_lr to w_lr_min (reference ZO-DARTS+ MedMNIST settings)
@@ -94,8 +94,8 @@ class ZodartsConfig:
     t_every: int = 5
     # DARTS second order: finite-difference radius eps / ||v|| of the Hessian-vector product
     hvp_eps: float = 0.01
-    # hardware-aware penalty, used only with a target (0 switches it off)
-    latency_weight: float = 0.1
+    # budget multipliers (with a target): dual-ascent step per architecture update (0: the penalty stays off)
+    penalty_step: float = 1.0
     # retraining of the derived network (0 epochs: derived net returned untrained)
     retrain_epochs: int = 10
     retrain_batch_size: int = 64
@@ -117,8 +117,13 @@ class ZodartsConfig:
 def validate_config(cfg: ZodartsConfig) -> ZodartsConfig:
     if cfg.method not in METHODS:
         raise EdgenasError(f"unknown zodarts method '{cfg.method}'", f"use one of {', '.join(METHODS)}")
-    check_resolution(cfg.resolution)
-    for name in ("epochs", "batch_size", "C", "N", "window", "t_every", "retrain_batch_size", "bn_batches"):
+    if cfg.resolution is not None:
+        check_resolution(cfg.resolution)
+    for name in ("C", "N"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise EdgenasError(f"zodarts setting {name} must be at least 1, got {getattr(cfg, name)}",
+                               f"pass a positive {name} or leave it to the budget fit")
+    for name in ("epochs", "batch_size", "window", "t_every", "retrain_batch_size", "bn_batches"):
         if getattr(cfg, name) < 1:
             raise EdgenasError(f"zodarts setting {name} must be at least 1, got {getattr(cfg, name)}",
                                f"pass a positive {name}")
@@ -126,8 +131,8 @@ def validate_config(cfg: ZodartsConfig) -> ZodartsConfig:
         if not getattr(cfg, name) > 0:
             raise EdgenasError(f"zodarts setting {name} must be positive, got {getattr(cfg, name)}",
                                f"pass a positive {name}")
-    if cfg.retrain_epochs < 0 or cfg.latency_weight < 0:
-        raise EdgenasError("retrain_epochs and latency_weight cannot be negative", "pass 0 or a positive value")
+    if cfg.retrain_epochs < 0 or cfg.penalty_step < 0:
+        raise EdgenasError("retrain_epochs and penalty_step cannot be negative", "pass 0 or a positive value")
     return cfg
 
 
@@ -142,25 +147,6 @@ def op_probabilities(alpha: torch.Tensor, method: str, t: float = 1.0) -> torch.
     if method == "zodarts+":
         return sparsemax(alpha / t, dim=-1)
     return F.softmax(alpha, dim=-1)
-
-
-def discretise(alpha: torch.Tensor | np.ndarray) -> tuple[Nb201Arch, bool]:
-    """Per-edge argmax of alpha; a disconnected cell gets its most likely missing edges back.
-
-    Returns (arch, repaired)."""
-    a = np.asarray(alpha.detach().cpu() if isinstance(alpha, torch.Tensor) else alpha, dtype=np.float64)
-    if a.shape != (len(EDGES), len(OPS)):
-        raise EdgenasError(f"alpha has shape {a.shape}, expected {(len(EDGES), len(OPS))}", "one row per nb201 edge")
-    choice = [int(np.argmax(row)) for row in a]
-    arch = Nb201Arch.from_indices(choice)
-    repaired = False
-    while not arch.is_connected():
-        # the absent edge whose best real op scores highest comes back first
-        absent = [e for e, k in enumerate(choice) if k == 0]
-        e = max(absent, key=lambda i: (a[i, 1:].max(), -i))
-        choice[e] = 1 + int(np.argmax(a[e, 1:]))
-        arch, repaired = Nb201Arch.from_indices(choice), True
-    return arch, repaired
 
 
 # ------------------------------------------------------------------------------------------------ ZO estimator
@@ -240,38 +226,6 @@ def darts2_hypergradient(model: nn.Module, probs_of: Callable[[torch.Tensor], to
     return g_alpha - lr * hvp
 
 
-# ------------------------------------------------------------------------------------------------ latency penalty
-@dataclass(frozen=True)
-class LatencyTable:
-    """Predicted seconds of each op on each stage (rows: stages, columns: OPS), from the target's cost model."""
-    seconds: tuple[tuple[float, ...], ...]
-    cells_per_stage: int
-    reference_s: float
-
-    def expected_cells_s(self, probs: torch.Tensor) -> torch.Tensor:
-        """Expected latency of all searched cells under per-edge op probabilities (differentiable)."""
-        table = torch.tensor(self.seconds, dtype=probs.dtype)      # (stages, ops)
-        per_edge_stage = probs @ table.T                            # (edges, stages)
-        return self.cells_per_stage * per_edge_stage.sum()
-
-
-def latency_table(target, C: int, N: int, resolution: int) -> LatencyTable:
-    """Latency of every op at every stage's shape: the deployed edge (op + node addition) through edgenas.cost."""
-    from edgenas import cost
-    rows = []
-    for c, side in zip(stage_channels(C), stage_sides(resolution)):
-        row = [0.0]  # none
-        for op in OPS[1:]:
-            graph = cost.from_torch(edge_probe(op, c), input_shape=(c, side, side))
-            row.append(float(sum(cost.predict_latency(graph, target).layer_s)))
-        rows.append(tuple(row))
-    uniform = torch.full((len(EDGES), len(OPS)), 1.0 / len(OPS), dtype=torch.float64)
-    table = LatencyTable(tuple(rows), N, 1.0)
-    budget = getattr(target.budgets, "latency_s", None)
-    reference = float(budget) if budget else float(table.expected_cells_s(uniform))
-    return replace(table, reference_s=reference)
-
-
 # ------------------------------------------------------------------------------------------------ data
 @dataclass(frozen=True)
 class _Tensors:
@@ -319,7 +273,7 @@ class _Search:
     alpha: torch.Tensor
     a_opt: torch.optim.Optimizer
     z_gen: torch.Generator
-    latency: LatencyTable | None
+    multipliers: BudgetMultipliers | None
     t: float = 1.0
     twin: Nb201Supernet | None = None
     twin_opt: torch.optim.Optimizer | None = None
@@ -331,9 +285,9 @@ class _Search:
         return op_probabilities(alpha, self.cfg.method, self.t)
 
     def penalty(self, alpha: torch.Tensor) -> torch.Tensor:
-        if self.latency is None or self.cfg.latency_weight == 0:
+        if self.multipliers is None:
             return alpha.new_zeros(())
-        return self.cfg.latency_weight * self.latency.expected_cells_s(self.probs(alpha)) / self.latency.reference_s
+        return self.multipliers.penalty(self.probs(alpha))
 
     def weight_step(self, net: nn.Module, opt: torch.optim.Optimizer, alpha: torch.Tensor, x, y) -> float:
         opt.zero_grad(set_to_none=True)
@@ -348,6 +302,8 @@ class _Search:
         self.alpha.grad = grad.detach().clone()
         self.a_opt.step()
         self.alpha_updates += 1
+        if self.multipliers is not None:
+            self.multipliers.update(self.probs(self.alpha.detach()))
 
     # --- one step of each method
     def step(self, k: int, train_batch, val_batch) -> float:
@@ -399,9 +355,14 @@ def _set_lr(opt: torch.optim.Optimizer | None, lr: float) -> None:
             g["lr"] = lr
 
 
-def run_search_loop(data, cfg: ZodartsConfig, seed: int, target=None, on_epoch=None) -> dict:
-    """The architecture search alone: alpha, probabilities and timing per epoch."""
+def run_search_loop(data, cfg: ZodartsConfig, seed: int, costs: CellCosts | None = None, limits=None,
+                    on_epoch=None) -> dict:
+    """The architecture search alone: alpha, probabilities and timing per epoch. cfg's macro must be set.
+
+    costs, limits: the additive cost model of the macro and the budgets (budget_limits), for the penalty."""
     cfg = validate_config(cfg)
+    if None in (cfg.C, cfg.N, cfg.resolution):
+        raise EdgenasError("the search loop needs C, N and resolution", "resolve the macro with choose_macro first")
     torch.manual_seed(seed)
     w_half, a_half = _search_halves(data, cfg)
     net = Nb201Supernet(data.in_channels, data.n_classes, cfg.C, cfg.N)
@@ -415,14 +376,15 @@ def run_search_loop(data, cfg: ZodartsConfig, seed: int, target=None, on_epoch=N
                     a_opt=torch.optim.Adam([alpha], lr=cfg.arch_learning_rate(), betas=cfg.arch_betas,
                                            weight_decay=cfg.arch_weight_decay),
                     z_gen=torch.Generator().manual_seed(seed + 1),
-                    latency=latency_table(target, cfg.C, cfg.N, cfg.resolution) if target is not None else None)
+                    multipliers=None if costs is None or not limits else
+                    BudgetMultipliers(costs, limits, cfg.penalty_step))
     if cfg.method in ZO_METHODS:
         state.twin = Nb201Supernet(data.in_channels, data.n_classes, cfg.C, cfg.N)
         state.twin_opt = sgd(state.twin.parameters())
     w_gen = torch.Generator().manual_seed(seed + 2)
     a_batches = _endless(a_half, cfg.batch_size, torch.Generator().manual_seed(seed + 3))
     history = {"epoch_seconds": [], "probabilities": [], "alpha": [], "temperatures": [], "train_loss": [],
-               "alpha_updates": []}
+               "alpha_updates": [], "multipliers": [], "expected_over_budget": []}
     net.train()
     if state.twin is not None:
         state.twin.train()
@@ -442,9 +404,11 @@ def run_search_loop(data, cfg: ZodartsConfig, seed: int, target=None, on_epoch=N
         history["temperatures"].append(state.t)
         history["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         history["alpha_updates"].append(state.alpha_updates)
+        if state.multipliers is not None:
+            history["multipliers"].append(dict(state.multipliers.values))
+            history["expected_over_budget"].append(state.multipliers.ratios(state.probs(alpha.detach())))
         if on_epoch is not None:
             on_epoch(epoch, history)
-    history["latency_table_s"] = None if state.latency is None else [list(r) for r in state.latency.seconds]
     return history
 
 
@@ -518,9 +482,9 @@ def retrain(net, data, cfg: ZodartsConfig, seed: int, on_epoch=None) -> dict:
 class ZodartsResult:
     method: str
     seed: int
-    genotype: str                          # NAS-Bench-201 string of the derived cell (argmax, repaired if needed)
-    argmax_genotype: str                   # plain per-edge argmax, before any connectivity repair
-    repaired: bool
+    genotype: str                          # NAS-Bench-201 string of the derived cell (zodarts_budget.derive_cell)
+    argmax_genotype: str                   # plain per-edge argmax of alpha
+    derivation: dict                       # why the derived cell differs from the argmax, if it does (Derivation)
     net_config: Nb201NetConfig
     alpha: list                            # final alpha (6 x 5)
     probabilities: list                    # per epoch: 6 x 5 probabilities at the end of the epoch
@@ -542,7 +506,7 @@ class ZodartsResult:
     def to_dict(self) -> dict:
         """JSON-ready summary (the network itself excluded)."""
         return {"method": self.method, "seed": self.seed, "genotype": self.genotype,
-                "argmax_genotype": self.argmax_genotype, "repaired": self.repaired,
+                "argmax_genotype": self.argmax_genotype, "derivation": self.derivation,
                 "net_config": self.net_config.to_dict(), "alpha": self.alpha, "probabilities": self.probabilities,
                 "temperatures": self.temperatures, "epoch_seconds": self.epoch_seconds,
                 "search_seconds": self.search_seconds, "alpha_updates": self.alpha_updates,
@@ -567,7 +531,8 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
     """Search a NAS-Bench-201 cell with ZO-DARTS+ (or a baseline), derive it, retrain it, check it on a target.
 
     dataset: a name for edgenas.data.load_dataset ("mnist5k", "digits", "medmnist:FILE.npz") or a loaded Dataset.
-    target: a target name/path or a loaded Target; adds the latency penalty (latency_weight > 0) and budget checks.
+    target: a target name/path or a loaded Target: the macro is fitted to its budgets (unless C, N and resolution
+    are given), the search penalises the expected cell past them and the derived cell fits them.
     out_dir: when given, a new folder written atomically: config.json, result.json, archive.jsonl, pareto.json and
     checkpoints/candidate_0.pt (the format `edgenas export` reads).
     overrides: any ZodartsConfig field (None leaves the default). Deterministic for a seed on a given machine.
@@ -583,12 +548,19 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
     if ui is None:
         from edgenas.ui import QuietUI
         ui = QuietUI()
+    choice = choose_macro(tgt, data.in_channels, data.n_classes, cfg.C, cfg.N, cfg.resolution)
+    cfg = replace(cfg, C=choice.macro.C, N=choice.macro.N, resolution=choice.macro.resolution)
+    ui.note(f"macro {choice.reason}")
+    limits = budget_limits(tgt.budgets) if tgt is not None else None
     with ui.task(f"search {cfg.method}", total=cfg.epochs) as advance:
-        history = run_search_loop(data, cfg, seed, tgt, on_epoch=lambda e, h: advance(
+        history = run_search_loop(data, cfg, seed, choice.costs, limits, on_epoch=lambda e, h: advance(
             f"{h['epoch_seconds'][-1]:.1f} s, T={h['temperatures'][-1]:.3f}, {h['alpha_updates'][-1]} alpha updates"))
-    alpha = torch.tensor(history["alpha"][-1])
-    argmax_arch = Nb201Arch.from_indices(alpha.argmax(dim=1).tolist())
-    arch, repaired = discretise(alpha)
+    checks = budget_checks(choice.costs, tgt, data.in_channels, data.n_classes) if tgt is not None else (None, None)
+    derived = derive_cell(history["probabilities"][-1], history["alpha"][-1], fits=checks[1], estimate=checks[0])
+    arch = derived.arch
+    if derived.reason != "argmax":
+        ui.note(f"derived cell: {arch.to_string()} instead of the argmax {derived.argmax.to_string()} "
+                f"({derived.reason}: {derived.rank} more probable connected cell(s) skipped)")
     net_cfg = Nb201NetConfig(arch, cfg.C, cfg.N, cfg.resolution)
     torch.manual_seed(seed)
     net = net_cfg.build(data.in_channels, data.n_classes)
@@ -614,13 +586,15 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
         report = cost.analyze(cost.from_torch(net), tgt)
         cost_dict, bad = report.to_dict(), cost.violations(report, tgt.budgets)
     result = ZodartsResult(
-        method=cfg.method, seed=seed, genotype=arch.to_string(), argmax_genotype=argmax_arch.to_string(),
-        repaired=repaired, net_config=net_cfg, alpha=history["alpha"][-1], probabilities=history["probabilities"],
+        method=cfg.method, seed=seed, genotype=arch.to_string(), argmax_genotype=derived.argmax.to_string(),
+        derivation={"reason": derived.reason, "rank": derived.rank, "exact_checks": derived.checked},
+        net_config=net_cfg, alpha=history["alpha"][-1], probabilities=history["probabilities"],
         temperatures=history["temperatures"], epoch_seconds=history["epoch_seconds"],
         alpha_updates=history["alpha_updates"][-1], net=net, retrain=retrained, exits=exits, cost=cost_dict,
         violations=bad,
         config={**cfg.to_dict(), "seed": seed, "dataset": dataset if isinstance(dataset, str) else "<in-memory>",
-                "target": getattr(tgt, "name", None), "space": "nb201", "latency_table_s": history["latency_table_s"]})
+                "target": getattr(tgt, "name", None), "space": "nb201", "macro_choice": choice.reason,
+                "multipliers": history["multipliers"], "expected_over_budget": history["expected_over_budget"]})
     if out_dir is not None:
         _write_run(Path(out_dir), result, data)
         result = replace(result, run_dir=Path(out_dir))
