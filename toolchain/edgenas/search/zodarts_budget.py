@@ -81,7 +81,7 @@ def _edge_costs(op: str, c: int, side: int, target) -> dict[str, float]:
     graph = cost.from_torch(edge_probe(op, c), input_shape=(c, side, side))
     report = cost.analyze(graph, target)
     return {"latency_s": float(sum(cost.predict_latency(graph, target).layer_s)), "macs": float(report.macs_worst),
-            "flash_bytes": float(4 * report.params)}
+            "flash_bytes": float(cost.BYTES_PER_ELEMENT["float32"] * report.params)}
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,9 @@ def budget_checks(costs: CellCosts, target, in_channels: int, n_classes: int):
         return all(figures[m] <= (1 + PRUNE_MARGIN) * v for m, v in additive.items())
 
     def fits(arch: Nb201Arch) -> bool:
+        # the same worst-case check search_zodarts applies to the deployed network
+        from edgenas import cost
         net = build_early_exit_net(arch, n_classes, in_channels, macro.resolution, macro.C, macro.N)
-        return not _over(network_costs(net, target), limits)
+        return not cost.violations(cost.analyze(cost.from_torch(net), target), target.budgets)
 
     return estimate, fits
