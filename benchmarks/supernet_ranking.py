@@ -236,7 +236,7 @@ def main():
 
     from edgenas.data import load_dataset
     from edgenas.search.driver import SearchConfig
-    from edgenas.search.parallel import single_thread
+    from edgenas.runtime import torch_threads
     from edgenas.spaces import create_space
     from edgenas.train.supernet import train_supernet
 
@@ -266,7 +266,7 @@ def main():
     train_supernet(space, supernet, data, cfg.supernet, args.seed)  # threads: cfg.supernet.threads (--set threads=N)
     supernet_seconds = time.time() - t0
     t0 = time.time()
-    with single_thread():  # as the search's evaluation workers score candidates
+    with torch_threads(1):  # as the search's evaluation workers score candidates
         inherited = inherited_scores(space, supernet, data, genomes, args.seed)
     eval_seconds = time.time() - t0
 

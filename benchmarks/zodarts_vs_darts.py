@@ -134,7 +134,7 @@ def run_one(dataset: str, method: str, seed: int, epochs: int, settings: dict) -
     from edgenas.stats import accuracy_interval
     data = load_dataset(dataset)
     t0 = time.perf_counter()
-    res = search_zodarts(data, method=method, epochs=epochs, seed=seed, **settings)
+    res = search_zodarts(data, method=method, epochs=epochs, seed=seed, threads=1, **settings)
     row = res.to_dict()
     row.pop("config")
     row["wall_seconds"] = time.perf_counter() - t0

@@ -43,3 +43,17 @@ def tiny_export(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "export"
     api.export(tiny_run[0], None, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_data():
+    """Four noisy 8x8 prototypes, 160/64/64 images: learnable in a few steps (ZO-DARTS+ tests). Read-only."""
+    from edgenas.data.core import Dataset, Split
+    gen = torch.Generator().manual_seed(0)
+    protos = torch.rand(4, 1, 8, 8, generator=gen)
+
+    def split(n):
+        y = torch.randint(0, 4, (n,), generator=gen)
+        return Split((protos[y] + 0.2 * torch.rand(n, 1, 8, 8, generator=gen)).clamp(0, 1), y)
+    return Dataset("toy", split(160), split(64), split(64), n_classes=4, in_channels=1, native_size=(8, 8),
+                   class_names=tuple("abcd"), source="tests/conftest.py")

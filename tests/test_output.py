@@ -18,7 +18,6 @@ from edgenas.ui import RichUI, make_console, print_table
 
 from test_calibrate import conv_model
 from test_zodarts import TINY as ZODARTS_TINY
-from test_zodarts import toy_data  # noqa: F401 (a fixture)
 from tests.test_search import TINY
 
 LONG = "a-very-long-architecture-description " * 8  # ~300 characters: wider than any default console

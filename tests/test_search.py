@@ -291,16 +291,18 @@ def read_archive_lines(path: Path):
 @pytest.mark.e2e
 def test_resume_finetunes_the_missing_members_to_the_same_weights(tiny_run_resumed, tmp_path):
     """A run stopped after fine-tuning one member: --resume (here with two workers instead of one) fine-tunes the
-    others to exactly the weights and figures of the uninterrupted run."""
+    others to exactly the weights and figures of the uninterrupted run. (How many members a tiny run has depends on
+    the CPU's floating point: with one, the run is stopped before it fine-tuned any.)"""
     out, result = tiny_run_resumed
-    assert len(result.pareto) >= 2
+    assert len(result.pareto) >= 1
     copy = tmp_path / "stopped"
     shutil.copytree(out, copy)
     lines = (copy / "finetuned.jsonl").read_text().splitlines(keepends=True)
-    kept = json.loads(lines[0])["id"]
-    (copy / "finetuned.jsonl").write_text(lines[0])
+    kept_lines = lines[:1] if len(result.pareto) >= 2 else []
+    kept = {json.loads(line)["id"] for line in kept_lines}
+    (copy / "finetuned.jsonl").write_text("".join(kept_lines))
     for m in result.pareto:
-        if m["id"] != kept:
+        if m["id"] not in kept:
             (copy / "checkpoints" / f"candidate_{m['id']}.pt").unlink()
     (copy / "pareto.json").unlink()
     resumed = api.search(config=TINY, out=copy, seed=0, resume=True, workers=2)

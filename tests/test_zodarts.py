@@ -2,7 +2,6 @@
 discretisation, the search entry point (determinism, latency penalty, run folder)."""
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -246,33 +245,6 @@ def test_discretise_repairs_a_disconnected_cell_with_the_most_likely_edge():
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-@dataclass(frozen=True)
-class _Split:
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-@dataclass(frozen=True)
-class _Dataset:
-    train: _Split
-    val: _Split
-    test: _Split
-    n_classes: int
-    in_channels: int
-
-
-@pytest.fixture(scope="module")
-def toy_data():
-    """Four noisy 8x8 prototypes: learnable in a few steps."""
-    gen = torch.Generator().manual_seed(0)
-    protos = torch.rand(4, 1, 8, 8, generator=gen)
-
-    def split(n):
-        y = torch.randint(0, 4, (n,), generator=gen)
-        return _Split((protos[y] + 0.2 * torch.rand(n, 1, 8, 8, generator=gen)).clamp(0, 1), y)
-    return _Dataset(split(160), split(64), split(64), 4, 1)
-
-
 TINY = dict(C=4, N=1, resolution=8, batch_size=16, window=2, retrain_epochs=2, retrain_batch_size=32)
 
 

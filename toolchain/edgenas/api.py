@@ -19,21 +19,33 @@ def default_run_dir(target: str, method: str, dataset: str, seed: int) -> Path:
 def search(target: str | None = None, dataset: str | None = None, method: str = "nachos", out=None, seed: int = 0,
            resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
            pop_size=None, generations=None, supernet_steps=None, finetune_steps=None, finetune_members=None, epochs=None,
-           zo_variant="zodarts+", ui=None, config=None, workers=None, macro_c=None, macro_n=None, resolution=None):
+           zo_variant="zodarts+", ui=None, config=None, workers=None, macro_c=None, macro_n=None, resolution=None,
+           executor=None, ray_address=None, device="auto"):
     """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting;
-    target and dataset default to the config's (SearchConfig's defaults: cortex-m7, mnist5k)."""
+    target and dataset default to the config's (SearchConfig's defaults: cortex-m7, mnist5k).
+
+    workers, executor ("local" or "ray"), ray_address: where candidates are evaluated (search.executors); device:
+    "auto", "cpu", "cuda" or "cuda:N" (runtime.resolve_device). None of them changes the archive on the CPU."""
+    from edgenas.runtime import resolve_device
     from edgenas.search.driver import SearchConfig, run_search
+    from edgenas.search.executors import ExecutorConfig
     if method not in ("nachos", "flatnas", "zodarts"):
         raise EdgenasError(f"unknown search method '{method}'", "use --method nachos, flatnas or zodarts")
     cfg = config or SearchConfig()
     target = cfg.target if target is None else target
     dataset = cfg.dataset if dataset is None else dataset
+    device = resolve_device(device)
     if method == "zodarts":
+        given = [name for name, v in (("--workers", workers), ("--executor", executor), ("--ray-address", ray_address))
+                 if v is not None]
+        if given:
+            raise EdgenasError(f"{'/'.join(given)} set(s) where candidates are evaluated; --method zodarts is one gradient "
+                               "search with no candidates to spread", f"drop {' '.join(given)} (--device chooses where it trains)")
         if finetune_steps is not None or finetune_members is not None:
             raise EdgenasError("--finetune-steps/--finetune-members do not apply to --method zodarts (it retrains the derived network)",
                                "use --epochs for the search; the retraining recipe is in ZodartsConfig")
         return _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy,
-                               epochs, zo_variant, ui, dict(C=macro_c, N=macro_n, resolution=resolution))
+                               epochs, zo_variant, ui, dict(C=macro_c, N=macro_n, resolution=resolution), device)
     given = [name for name, v in (("--C", macro_c), ("--N", macro_n), ("--resolution", resolution)) if v is not None]
     if given:
         raise EdgenasError(f"{'/'.join(given)} set(s) the zodarts network; --method {method} searches its space's own "
@@ -59,13 +71,12 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
     if cfg.min_accuracy is not None and not 0.0 <= cfg.min_accuracy <= 1.0:
         raise EdgenasError(f"--min-accuracy must be a fraction in [0, 1], got {cfg.min_accuracy}", "e.g. --min-accuracy 0.9")
     out = Path(out) if out else default_run_dir(cfg.target, method, cfg.dataset, seed)
-    if workers is not None and workers < 1:
-        raise EdgenasError(f"--workers must be at least 1, got {workers}", "e.g. --workers 2")
-    return run_search(cfg, out, resume=resume, ui=ui, workers=workers)
+    pool = ExecutorConfig(executor or "local", workers, ray_address).validate()
+    return run_search(cfg, out, resume=resume, ui=ui, executor=pool, device=device)
 
 
 def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy, epochs, variant, ui,
-                    macro):
+                    macro, device):
     from edgenas.search.zodarts import search_zodarts
     from edgenas.targets import load_target, target_with_budgets
     if resume:
@@ -75,7 +86,8 @@ def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, ma
         raise EdgenasError(f"--epochs must be at least 1, got {epochs}", "pass a positive --epochs")
     tgt = target_with_budgets(load_target(target), latency=latency, sram=sram, flash=flash, macs=macs, min_accuracy=min_accuracy)
     out = Path(out) if out else default_run_dir(target, variant, dataset, seed)
-    return search_zodarts(dataset, method=variant, epochs=epochs, seed=seed, target=tgt, out_dir=out, ui=ui, **macro)
+    return search_zodarts(dataset, method=variant, epochs=epochs, seed=seed, target=tgt, out_dir=out, ui=ui,
+                          device=device, **macro)
 
 
 def search_cli(json_out: bool = False, **opts) -> None:

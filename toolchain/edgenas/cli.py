@@ -40,7 +40,13 @@ def cli():
               help="best (default): fine-tune the member `export --best` takes now, the rest on --resume; all: every member now.")
 @click.option("--epochs", default=None, type=int, help="zodarts: search epochs.")
 @click.option("--workers", default=None, type=int,
-              help="Processes evaluating candidates (default: one per core, at most 4); the result does not depend on it.")
+              help="Parallel candidate evaluations (default: one per core, at most 4); the result does not depend on it.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where candidates are evaluated: local worker processes (default) or Ray tasks (pip install 'edgenas[ray]').")
+@click.option("--ray-address", default=None,
+              help="ray: the cluster, auto or HOST:PORT (default: start a Ray instance on this machine).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto | cpu | cuda | cuda:N: where training and evaluation run (auto: CUDA when torch sees a GPU).")
 @click.option("--C", "macro_c", default=None, type=int,
               help="zodarts: stage-1 channels (default: the largest macro that fits the target's budgets).")
 @click.option("--N", "macro_n", default=None, type=int, help="zodarts: cells per stage (default: fitted, as --C).")

@@ -16,7 +16,9 @@ import numpy as np
 
 from edgenas.errors import EdgenasError
 from edgenas.paths import missing_folders
+from edgenas.runtime import JOB_THREADS, torch_threads, use_deterministic_kernels
 from edgenas.search.evaluate import EvaluationConfig
+from edgenas.search.executors import ExecutorConfig, open_executor, timed_record
 from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
 from edgenas.search.nachos import NachosMethod
 from edgenas.search.operators import CanonicalRepair, ResetMutation, SpaceSampling
@@ -192,7 +194,7 @@ def _opened_folder(folder: RunFolder, cfg: SearchConfig, resume: bool, ui):
         raise
 
 
-def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui):
+def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui, device: str = "cpu"):
     import torch
 
     from edgenas.train.supernet import train_supernet
@@ -209,23 +211,27 @@ def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui
         return supernet
     every = 50
     # a fixed thread count (cfg.supernet.threads), not the core count: the same seed gives the same supernet anywhere
-    with ui.task(f"training supernet ({cfg.supernet.steps} steps, {cfg.supernet.threads} threads)",
-                 -(-cfg.supernet.steps // every)) as advance:
+    where = f"{cfg.supernet.threads} threads" if device == "cpu" else device
+    with ui.task(f"training supernet ({cfg.supernet.steps} steps, {where})", -(-cfg.supernet.steps // every)) as advance:
         train_supernet(space, supernet, data, cfg.supernet, cfg.seed, progress_every=every,
-                       progress=lambda step, loss: advance(f"step {step} loss {loss:.3f}"))
+                       progress=lambda step, loss: advance(f"step {step} loss {loss:.3f}"), device=device)
     atomic_torch_save(path, supernet.state_dict())
     return supernet
 
 
-def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None, workers: int | None = None) -> SearchResult:
+def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None,
+               executor: ExecutorConfig | None = None, device: str = "cpu") -> SearchResult:
     """The library entry point behind `edgenas search`: writes the run folder and returns its Pareto set.
 
-    workers: processes evaluating candidates (None: one per core, at most 4). The archive does not depend on it."""
+    executor: where candidates are evaluated (search.executors; default: local worker processes, one per core, at
+    most 4); the archive does not depend on it. device: "cpu" or "cuda:N" (runtime.resolve_device) for the supernet,
+    the evaluations and the fine-tuning."""
     from edgenas.data import load_dataset
     from edgenas.ui import QuietUI
     from edgenas.spaces import create_space
     ui = ui or QuietUI()
     method = method_for(cfg)
+    executor = (executor or ExecutorConfig()).validate()
     if cfg.finetune_members not in ("best", "all"):
         raise EdgenasError(f"unknown finetune_members '{cfg.finetune_members}'", "use 'best' or 'all'")
     t0 = time.time()
@@ -234,12 +240,13 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
     space = create_space(cfg.space)
     check_budgets_reachable(space, target, budgets, data.in_channels, data.n_classes)
     folder = RunFolder(out)
+    use_deterministic_kernels(device)
     with _opened_folder(folder, cfg, resume, ui):
-        return _search_in_folder(folder, cfg, method, target, budgets, data, space, ui, workers, t0)
+        return _search_in_folder(folder, cfg, method, target, budgets, data, space, ui, executor, device, t0)
 
 
 def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budgets, data, space, ui,
-                      workers: int | None, t0: float) -> SearchResult:
+                      executor: ExecutorConfig, device: str, t0: float) -> SearchResult:
     """run_search's work once the folder is prepared and locked."""
     import torch
 
@@ -248,16 +255,14 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
     records = folder.read_archive(required=("key",))
     folder.read_archive(FINETUNED)
     torch.manual_seed(cfg.seed)
-    supernet = load_or_train_supernet(folder, space, data, cfg, ui)
-    evaluator = method.make_evaluator(space, supernet, data, target, budgets, cfg)
+    supernet = load_or_train_supernet(folder, space, data, cfg, ui, device)
+    evaluator = method.make_evaluator(space, supernet, data, target, budgets, cfg, device=device)
 
     cache = {r["key"]: r for r in records}
     new = 0
     n_total = cfg.pop_size * cfg.n_gen
 
-    from edgenas.search.parallel import EvaluationPool, default_workers
-    workers = default_workers() if workers is None else workers
-    with ui.task("evaluating candidates", n_total) as advance, EvaluationPool(evaluator, workers) as pool:
+    with ui.task("evaluating candidates", n_total) as advance, open_executor(executor, evaluator, device) as pool:
         def evaluate_new(genomes) -> None:
             """Evaluate the genomes not in the archive yet (in parallel), appending them in the given order."""
             nonlocal new
@@ -297,7 +302,7 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
     # "best": the invocation that ran the search fine-tunes the member --best takes; one that finds the search done
     # (a --resume, e.g. the next `make demo`) fine-tunes the rest
     only_best = cfg.finetune_members == "best" and new > 0
-    members = prepare_members(folder, space, method, evaluator, members, data, cfg, ui, workers, only_best)
+    members = prepare_members(folder, space, method, evaluator, members, data, cfg, ui, executor, device, only_best)
     atomic_write_json(folder.file(PARETO), {"members": [m["id"] for m in members], "hypervolume": hv,
                                             "hypervolume_reference": list(ref), "objectives": list(method.objective_names),
                                             "method": method.name,
@@ -342,15 +347,16 @@ def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, 
 
 
 def prepare_members(folder: RunFolder, space, method, evaluator, members: list[dict], data, cfg: SearchConfig,
-                    ui, workers: int, only_best: bool = False) -> list[dict]:
-    """Give every Pareto member its deployable checkpoint, in parallel: fine-tuned (finetune.steps > 0; with only_best
-    just the member --best takes, which goes first in any case) or with its inherited weights. A fine-tuned member
-    also gets its line in finetuned.jsonl. Returns the members as reported (search.finetune.member_view)."""
+                    ui, executor: ExecutorConfig, device: str = "cpu", only_best: bool = False) -> list[dict]:
+    """Give every Pareto member its deployable checkpoint: fine-tuned (finetune.steps > 0; with only_best just the
+    member --best takes) or with its inherited weights. A fine-tuned member also gets its line in finetuned.jsonl.
+    The member --best takes is one job and goes first, in this process with runtime.JOB_THREADS threads; the others
+    run in parallel on the executor, one thread each (runtime's policy: every core busy, and a member's weights do
+    not depend on the mode or the machine). Returns the members as reported (search.finetune.member_view)."""
     import functools
 
     from edgenas.search.finetune import (InheritedCheckpoint, MemberFinetuner, MemberJobs, finetune_order,
                                          largest_subnet_probabilities, resolve_config)
-    from edgenas.search.parallel import EvaluationPool, single_thread
     has_checkpoint = lambda i: folder.checkpoint_path(i).is_file()  # noqa: E731
     # a line without its checkpoint was cut short between the two writes: fine-tune that member again
     done = {r["id"]: r for r in folder.read_archive(FINETUNED) if has_checkpoint(r["id"])}
@@ -360,7 +366,7 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
     keep = [m for m in members if m["id"] not in done and m["id"] not in tuned_now and not has_checkpoint(m["id"])]
     if tune or keep:
         config = resolve_config(cfg.finetune, method.name, cfg.flatnas)
-        with single_thread():
+        with torch_threads(JOB_THREADS):
             teacher = (largest_subnet_probabilities(space, evaluator, data)
                        if tune and config.distill_weight > 0 else None)
         save = functools.partial(save_member_checkpoint, str(folder.path), space.name, data.n_classes, data.in_channels)
@@ -368,8 +374,19 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
         what = ", ".join(part for part in (
             f"fine-tuning {len(tune)} Pareto member{'s' * (len(tune) > 1)} ({config.steps} steps, {config.optimizer})" if tune else "",
             f"saving {len(keep)} with inherited weights" if keep else "") if part)
-        with ui.task(what, len(tune) + len(keep)) as advance, EvaluationPool(jobs, workers) as pool:
-            for record in pool.imap([("finetune", m) for m in finetune_order(tune, first)] + [("inherited", m) for m in keep]):
+        queue = [("finetune", m) for m in finetune_order(tune, first)] + [("inherited", m) for m in keep]
+        alone = queue[:1] if queue[0] == ("finetune", first) else []
+
+        def records():
+            if alone:
+                with torch_threads(JOB_THREADS):
+                    yield timed_record(jobs, alone[0])
+            if queue[len(alone):]:
+                with open_executor(executor, jobs, device) as pool:
+                    yield from pool.imap(queue[len(alone):])
+
+        with ui.task(what, len(tune) + len(keep)) as advance:
+            for record in records():
                 archived = next(m for m in members if m["id"] == record["id"])
                 if record["weights"] == "finetuned":
                     folder.append_record(record, FINETUNED)

@@ -3,16 +3,21 @@ backbone frozen, choose thresholds on validation, measure on test, and cost the 
 
 Deterministic: every random choice is seeded from (run seed, genome key), so a candidate evaluates to the same
 record whatever order the search visits it in (which is what makes `--resume` reproduce an uninterrupted run).
+
+Devices (edgenas.runtime): a candidate is cut out of the supernet on the CPU (same weights, same head initialisation)
+and moved to the evaluator's `device`; BN calibration, training and measuring run there, every random draw still on
+CPU generators. The cost analysis traces CPU modules, and the deployed net is handed back on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from edgenas import cost
+from edgenas import cost, runtime
 from edgenas.nn.early_exit import deployed_network
 from edgenas.stats import accuracy_interval
 from edgenas.train.bn import recalibrate_bn
@@ -47,18 +52,47 @@ def per_exit_costs(graph, values) -> tuple[list[float], list[float]]:
 
 
 class CandidateEvaluator:
-    """Callable genome -> (record, deployed net). Holds the trained supernet and the data; no I/O."""
+    """Callable genome -> (record, deployed net on the CPU). Holds the trained supernet (on the CPU) and the data; no
+    I/O.
 
-    def __init__(self, space, supernet, data, target, budgets, config: EvaluationConfig, seed: int):
+    `device` ("cpu" or "cuda:N") may be changed at any time, e.g. by a worker after unpickling (a GPU worker sets its
+    own): the data is moved to a device lazily, once per device, and such copies are never pickled."""
+
+    def __init__(self, space, supernet, data, target, budgets, config: EvaluationConfig, seed: int,
+                 device: str = "cpu"):
         self.space, self.supernet, self.data, self.target = space, supernet, data, target
         self.budgets, self.config, self.seed = budgets, config, seed
+        self.device = device
         self.params_cap: int | None = None
+        self._data_on: dict[str, object] = {}  # device -> self.data with its splits there (device_data)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_data_on"] = {}  # device tensors stay in this process (the receiver may have no such device)
+        return state
+
+    def device_data(self):
+        """self.data with every split that fits on self.device moved there (runtime.data_on_device), once per
+        device; on the CPU, self.data itself."""
+        if not runtime.is_cuda(self.device):
+            return self.data
+        if self.device not in self._data_on:
+            def moved(split):
+                x, y = runtime.data_on_device(self.device, split.x, split.y)
+                return dataclasses.replace(split, x=x, y=y)
+            d = self.data
+            self._data_on[self.device] = dataclasses.replace(d, train=moved(d.train), val=moved(d.val),
+                                                             test=moved(d.test))
+        return self._data_on[self.device]
 
     def build(self, genome):
+        """(arch, key, seed, net): the candidate cut out of the supernet on the CPU, moved to self.device, its BN
+        re-calibrated there (batches drawn from the CPU split in a CPU generator's order)."""
+        runtime.use_deterministic_kernels(self.device)  # before this process's first GPU work (a no-op on the CPU)
         arch = self.space.decode(genome)
         key = self.space.key(genome)
         seed = candidate_seed(self.seed, key)
-        net = self.space.build(arch, self.supernet, head_seed=seed)
+        net = self.space.build(arch, self.supernet, head_seed=seed).to(self.device)
         recalibrate_bn(net, self.data.train, arch.resolution, max_batches=self.config.bn_batches, seed=seed)
         net.eval()
         return arch, key, seed, net
@@ -67,13 +101,13 @@ class CandidateEvaluator:
         """Hook before exit-head training: NACHOS keeps the inherited backbone as it is."""
 
     def extra_metrics(self, deployed, record: dict, seed: int) -> dict:
-        """Hook for method-specific fields of the archive record."""
+        """Hook for method-specific fields of the archive record (`deployed` is on self.device)."""
         return {}
 
     def __call__(self, genome) -> tuple[dict, object]:
         arch, key, seed, net = self.build(genome)
         self.finetune(net, seed)
-        deployed, fitted = fit_exit_policy(net, self.data, self.target, self.budgets, self.config, seed)
+        deployed, fitted = fit_exit_policy(net, self.device_data(), self.target, self.budgets, self.config, seed)
         record = {
             "key": key,
             "genome": [int(v) for v in self.space.canonical(genome)],
@@ -85,16 +119,28 @@ class CandidateEvaluator:
         record.update(self.extra_metrics(deployed, record, seed))
         record["violations"] = budget_violations(record, self.budgets, self.params_cap)
         record["feasible"] = not record["violations"]
-        return record, deployed
+        return record, deployed.cpu()
 
 
 def head_training_features(net, data, exits: ExitTrainingConfig) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(features at every exit point, labels) of the training images the final-head re-fit and the exit heads use.
 
     At most `exits.max_train_samples` images (a prefix of the shuffled train split): the cost of a candidate then
-    does not grow with the dataset, and a few thousand images are plenty for these small heads."""
+    does not grow with the dataset, and a few thousand images are plenty for these small heads. Both on the net's
+    device."""
     n_head = min(len(data.train.y), exits.max_train_samples)
-    return exit_features(net, data.train.x[:n_head]), data.train.y[:n_head]
+    feats = exit_features(net, data.train.x[:n_head])
+    return feats, data.train.y[:n_head].to(feats[0].device)
+
+
+def cost_graph(net):
+    """cost.from_torch(net) for a net on any device: the analysis traces with CPU tensors, so the net visits the CPU
+    and goes back (a no-op move on the CPU path)."""
+    device = runtime.module_device(net)
+    try:
+        return cost.from_torch(net.cpu())
+    finally:
+        net.to(device)
 
 
 def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: int,
@@ -107,10 +153,12 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
 
     keep_placement: `net` is already a deployed network (a fine-tuned Pareto member): every head stays, the network
     is not cut, and the final head, trained with the backbone, is not re-fitted; only the intermediate heads and
-    the thresholds are chosen again (an exit that cannot pass the guard gets a threshold that never fires)."""
+    the thresholds are chosen again (an exit that cannot pass the guard gets a threshold that never fires).
+
+    Runs on the net's device (data anywhere); the deployed net is on that device too."""
     net.eval()
     t = target
-    full_graph = cost.from_torch(net)
+    full_graph = cost_graph(net)
     lat = cost.predict_latency(full_graph, t)
     backbone_s, head_s = per_exit_costs(full_graph, lat.layer_s)
     backbone_s = [b + t.latency.per_inference_cycles / t.clock_hz for b in backbone_s]
@@ -125,7 +173,7 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
                      budgets.latency_s, config.exits, seed)
     val_pred, val_conf = exit_outputs(net, feats["val"])
     test_pred, test_conf = exit_outputs(net, feats["test"])
-    y_val, y_test = data.val.y.numpy(), data.test.y.numpy()
+    y_val, y_test = data.val.y.cpu().numpy(), data.test.y.cpu().numpy()
     policy = choose_policy(val_pred, val_conf, y_val, backbone_s, head_s, min_accuracy=budgets.min_accuracy,
                            max_accuracy_drop=config.max_accuracy_drop, per_exit_cost=per_exit_s,
                            risk_delta=config.risk_delta, allow_disable=not keep_placement)
@@ -142,7 +190,7 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     test_acc = float((test_pred[np.arange(len(y_test)), test_taken] == y_test).mean())
 
     deployed = deployed_network(net, policy.active, thresholds, truncated)
-    graph = cost.from_torch(deployed)
+    graph = cost_graph(deployed)
     val_rates = [policy.exit_rates[i] for i in keep]
     test_rates_kept = [float(test_rates[i]) for i in keep]
     report = cost.analyze(graph, t)
@@ -219,7 +267,7 @@ def objective_values(record: dict) -> list[float]:
 
 @torch.no_grad()
 def predict_exits(net, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Eager early-exit inference over a batch: (predicted class, exit index)."""
+    """Eager early-exit inference over a batch on the net's device: (predicted class, exit index)."""
     from edgenas.data import resize
-    logits, taken = net(resize(x, net.input_shape[-1]))
-    return logits.argmax(1).numpy(), taken.numpy()
+    logits, taken = net(resize(x.to(runtime.module_device(net)), net.input_shape[-1]))
+    return logits.argmax(1).cpu().numpy(), taken.cpu().numpy()

@@ -10,6 +10,7 @@ The archive keeps the inherited figures the search ranked by; a fine-tuned membe
 figures of the weights that ship, and `member_view` merges the two, the inherited ones under "inherited".
 Deterministic: the seed comes from (run seed, genome key), each member trains on one thread, so the weights do not
 depend on the order, the number of workers, or an interruption (`--resume` gives the same weights).
+Devices: members train and are measured on the evaluator's `device`; the nets handed back (and saved) are on the CPU.
 """
 from __future__ import annotations
 
@@ -41,15 +42,16 @@ def resolve_config(config: FinetuneConfig, method_name: str, flatnas=None) -> Fi
 
 
 def largest_subnet_probabilities(space, evaluator, data):
-    """The teacher's soft predictions on the train split: the supernet's largest subnet (no exits), BN re-calibrated
-    as every candidate is."""
+    """The teacher's soft predictions on the train split (on the CPU, computed on the evaluator's device): the
+    supernet's largest subnet (no exits), BN re-calibrated as every candidate is."""
     genome = space.encode(space.largest(exits=False))
     arch, _, _, net = evaluator.build(genome)
     return teacher_probabilities(net, data.train.x, arch.resolution)
 
 
 class MemberFinetuner:
-    """Callable member record -> (fine-tuned record, deployed net); writes the member's checkpoint (a worker does).
+    """Callable member record -> (fine-tuned record, deployed net on the CPU); writes the member's checkpoint (a
+    worker does).
 
     `save(record, net)` must be picklable (a module-level function or a functools.partial of one)."""
 
@@ -59,10 +61,11 @@ class MemberFinetuner:
     def __call__(self, member: dict):
         ev = self.evaluator
         genome = np.array(member["genome"])
-        _, key, seed, net = ev.build(genome)
+        _, key, seed, net = ev.build(genome)  # on ev.device
         net = deployed_network(net, member["active_exits"], member["thresholds"], member["truncated_after_exit"])
-        losses = finetune_network(net, ev.data.train, self.config, seed + FINETUNE_SEED_OFFSET, self.teacher_probs)
-        net, fitted = fit_exit_policy(net, ev.data, ev.target, ev.budgets, ev.config, seed, keep_placement=True)
+        data = ev.device_data()
+        losses = finetune_network(net, data.train, self.config, seed + FINETUNE_SEED_OFFSET, self.teacher_probs)
+        net, fitted = fit_exit_policy(net, data, ev.target, ev.budgets, ev.config, seed, keep_placement=True)
         # the placement is the member's: every head kept, the same cut (fit_exit_policy saw the deployed net only)
         fitted["active_exits"] = list(member["active_exits"])
         fitted["truncated_after_exit"] = member["truncated_after_exit"]
@@ -73,6 +76,7 @@ class MemberFinetuner:
         record.update(ev.extra_metrics(net, record, seed))
         record["violations"] = budget_violations(record, ev.budgets, ev.params_cap)
         record["feasible"] = not record["violations"]
+        net = net.cpu()  # the checkpoint and the caller get CPU weights
         self.save(record, net)
         return record, net
 
@@ -100,6 +104,16 @@ class MemberJobs:
 
     def __init__(self, finetuner: MemberFinetuner, inherited: InheritedCheckpoint):
         self.handlers = {"finetune": finetuner, "inherited": inherited}
+
+    @property
+    def device(self) -> str:
+        return self.handlers["finetune"].evaluator.device
+
+    @device.setter
+    def device(self, device: str) -> None:
+        """A worker sets the device it was given (search.executors), as on an evaluator: the handlers' follow."""
+        for handler in self.handlers.values():
+            handler.evaluator.device = device
 
     def __call__(self, job: tuple[str, dict]):
         kind, member = job

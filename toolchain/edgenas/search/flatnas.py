@@ -7,6 +7,8 @@ deployed flash). Candidates are fine-tuned from the shared supernet weights with
 get exit heads and thresholds exactly as in NACHOS, so FlatNAS members can carry early exits and go through the
 same export and compile paths. OOD robustness: accuracy of the deployed early-exit network on 15 corruptions x 5
 severities of the test split, generated at the network's input resolution, deterministic per seed.
+On a GPU (the evaluator's `device`), SAM fine-tuning, flatness and the corrupted-test predictions run there; the
+flatness noise and the corruptions are drawn on the CPU, so every device sees the same perturbations and images.
 
 Differences from the reference: R and every selection use the validation split (HEAD uses the test set), and the
 params cap is a constraint under constraint domination (the reference adds a 1e10 penalty).
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edgenas import runtime
 from edgenas.search.evaluate import N_CONSTRAINTS, CandidateEvaluator, constraint_values
 
 
@@ -50,18 +53,19 @@ class FlatnasEvaluator(CandidateEvaluator):
         `finetune_epochs` epochs of full batches (train/finetune.py; labels only, cosine learning rate)."""
         from edgenas.train.finetune import FinetuneConfig, finetune_network
         steps = self.flat.finetune_epochs * max(1, len(self.data.train.y) // self.flat.batch_size)
-        finetune_network(net, self.data.train, FinetuneConfig(
+        finetune_network(net, self.device_data().train, FinetuneConfig(
             steps=steps, batch_size=self.flat.batch_size, lr=self.flat.lr, momentum=self.flat.momentum,
             weight_decay=self.flat.weight_decay, lr_warmup_steps=0, label_smoothing=0.0, distill_weight=0.0,
-            optimizer="sam", sam_rho=self.flat.rho, sam_adaptive=self.flat.adaptive), seed)
+            optimizer="sam", sam_rho=self.flat.rho, sam_adaptive=self.flat.adaptive), seed, device=self.device)
 
     def extra_metrics(self, deployed, record: dict, seed: int) -> dict:
         from edgenas.data import resize
         from edgenas.data.corruptions import corrupted_accuracy
         from edgenas.train.flatness import flatness
-        res = deployed.input_shape[-1]
-        x_val = resize(self.data.val.x, res)
-        y_val = self.data.val.y
+        res, device = deployed.input_shape[-1], runtime.module_device(deployed)
+        val = self.device_data().val
+        x_val = resize(val.x.to(device), res)
+        y_val = val.y.to(device)
 
         @torch.no_grad()
         def val_accuracy(model) -> float:
@@ -70,11 +74,12 @@ class FlatnasEvaluator(CandidateEvaluator):
 
         r, accs = flatness(deployed, val_accuracy, self.flat.sigma, self.flat.draws, seed)
         n = min(self.flat.ood_samples, len(self.data.test.y))
+        # corrupted on the CPU (corrupted_accuracy), from the CPU split: the same images whatever the device
         test = type(self.data.test)(x=resize(self.data.test.x[:n], res), y=self.data.test.y[:n])
 
         @torch.no_grad()
         def predict(x):
-            return deployed(x)[0].argmax(1)
+            return deployed(x.to(device))[0].argmax(1)
 
         ood = corrupted_accuracy(predict, test, seed=seed, severities=self.flat.ood_severities)
         return {"flatness": float(r), "perturbed_val_accuracy_mean": float(np.mean(accs)),
@@ -92,8 +97,9 @@ class FlatnasMethod:
         self.alpha_norm = 1.0
         self.objective_names = ("top1_robust", config.second_objective)
 
-    def make_evaluator(self, space, supernet, data, target, budgets, cfg) -> FlatnasEvaluator:
-        return FlatnasEvaluator(space, supernet, data, target, budgets, cfg.evaluation, cfg.seed, flatnas=self.config)
+    def make_evaluator(self, space, supernet, data, target, budgets, cfg, device: str = "cpu") -> FlatnasEvaluator:
+        return FlatnasEvaluator(space, supernet, data, target, budgets, cfg.evaluation, cfg.seed, device=device,
+                                flatnas=self.config)
 
     def refresh(self, records: list[dict]) -> None:
         """alpha_norm = mean(error) / mean(R) over the archive so far (1.0 until R is non-zero)."""

@@ -20,8 +20,8 @@ class NachosMethod:
     objective_names = ("val_error", "latency_expected_s")
     n_constraints = N_CONSTRAINTS
 
-    def make_evaluator(self, space, supernet, data, target, budgets, cfg) -> CandidateEvaluator:
-        return CandidateEvaluator(space, supernet, data, target, budgets, cfg.evaluation, cfg.seed)
+    def make_evaluator(self, space, supernet, data, target, budgets, cfg, device: str = "cpu") -> CandidateEvaluator:
+        return CandidateEvaluator(space, supernet, data, target, budgets, cfg.evaluation, cfg.seed, device=device)
 
     def objectives(self, record: dict) -> list[float]:
         return objective_values(record)

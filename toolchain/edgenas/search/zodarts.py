@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgenas import runtime
 from edgenas.errors import EdgenasError
 from edgenas.nn.sparsemax import sparsemax
 from edgenas.search.zodarts_budget import (BudgetMultipliers, CellCosts, budget_checks, budget_limits,
@@ -233,8 +234,9 @@ class _Tensors:
     y: torch.Tensor
 
 
-def _search_halves(data, cfg: ZodartsConfig) -> tuple[_Tensors, _Tensors]:
-    """The train split (capped), resized once, cut into the weight half and the alpha half (fixed split)."""
+def _search_halves(data, cfg: ZodartsConfig, device: str = "cpu") -> tuple[_Tensors, _Tensors]:
+    """The train split (capped), resized once, cut into the weight half and the alpha half (fixed split); moved
+    once to `device` when it fits there (runtime.data_on_device), else left on the CPU."""
     from edgenas.data import resize
     n = len(data.train.y)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
@@ -244,23 +246,22 @@ def _search_halves(data, cfg: ZodartsConfig) -> tuple[_Tensors, _Tensors]:
         raise EdgenasError(f"the search needs at least 8 training samples, the dataset gives {len(order)}",
                            "use a larger dataset or raise search_samples")
     half = len(order) // 2
-    x = resize(data.train.x[order], cfg.resolution)
-    y = data.train.y[order]
+    x, y = runtime.data_on_device(device, resize(data.train.x[order], cfg.resolution), data.train.y[order])
     return _Tensors(x[:half], y[:half]), _Tensors(x[half:], y[half:])
 
 
-def _batches(t: _Tensors, batch_size: int, gen: torch.Generator):
-    """Shuffled full batches (the last partial batch is dropped: batch-statistics BN)."""
+def _batches(t: _Tensors, batch_size: int, gen: torch.Generator, device: str = "cpu"):
+    """Shuffled full batches on `device` (the last partial batch is dropped: batch-statistics BN). The order comes
+    from the CPU generator whatever the device (runtime.batch_on: no-op moves on the CPU path)."""
     perm = torch.randperm(len(t.y), generator=gen)
     bs = min(batch_size, len(t.y))
     for i in range(0, len(perm) - bs + 1, bs):
-        idx = perm[i:i + bs]
-        yield t.x[idx], t.y[idx]
+        yield runtime.batch_on(device, perm[i:i + bs], t.x, t.y)
 
 
-def _endless(t: _Tensors, batch_size: int, gen: torch.Generator):
+def _endless(t: _Tensors, batch_size: int, gen: torch.Generator, device: str = "cpu"):
     while True:
-        yield from _batches(t, batch_size, gen)
+        yield from _batches(t, batch_size, gen, device)
 
 
 # ------------------------------------------------------------------------------------------------ search loop
@@ -332,7 +333,7 @@ class _Search:
         K = self.cfg.window
         if k % K == 0:
             sync_twin(self.net, self.twin, self.w_opt, self.twin_opt)
-            self.z = unit_direction(self.alpha.numel(), self.z_gen)
+            self.z = unit_direction(self.alpha.numel(), self.z_gen).to(self.alpha.device)  # drawn on the CPU
             self.mu = self.cfg.mu_rel * float(self.alpha.detach().norm())
         alpha_twin = self.alpha.detach() + self.mu * self.z.reshape(self.alpha.shape)
         loss = self.weight_step(self.net, self.w_opt, self.alpha, *train_batch)
@@ -356,17 +357,19 @@ def _set_lr(opt: torch.optim.Optimizer | None, lr: float) -> None:
 
 
 def run_search_loop(data, cfg: ZodartsConfig, seed: int, costs: CellCosts | None = None, limits=None,
-                    on_epoch=None) -> dict:
+                    on_epoch=None, device: str = "cpu") -> dict:
     """The architecture search alone: alpha, probabilities and timing per epoch. cfg's macro must be set.
 
-    costs, limits: the additive cost model of the macro and the budgets (budget_limits), for the penalty."""
+    costs, limits: the additive cost model of the macro and the budgets (budget_limits), for the penalty.
+    device: "cpu" or "cuda:N" (edgenas.runtime): supernets and alpha are drawn on the CPU, then moved; every random
+    draw (split, batch orders, directions z) comes from CPU generators, so the CPU path is today's, bit for bit."""
     cfg = validate_config(cfg)
     if None in (cfg.C, cfg.N, cfg.resolution):
         raise EdgenasError("the search loop needs C, N and resolution", "resolve the macro with choose_macro first")
     torch.manual_seed(seed)
-    w_half, a_half = _search_halves(data, cfg)
-    net = Nb201Supernet(data.in_channels, data.n_classes, cfg.C, cfg.N)
-    alpha = (cfg.alpha_init_std * torch.randn(len(EDGES), len(OPS))).requires_grad_(True)
+    w_half, a_half = _search_halves(data, cfg, device)
+    net = Nb201Supernet(data.in_channels, data.n_classes, cfg.C, cfg.N).to(device)
+    alpha = (cfg.alpha_init_std * torch.randn(len(EDGES), len(OPS))).to(device).requires_grad_(True)
 
     def sgd(params):
         return torch.optim.SGD(params, lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay,
@@ -379,10 +382,10 @@ def run_search_loop(data, cfg: ZodartsConfig, seed: int, costs: CellCosts | None
                     multipliers=None if costs is None or not limits else
                     BudgetMultipliers(costs, limits, cfg.penalty_step))
     if cfg.method in ZO_METHODS:
-        state.twin = Nb201Supernet(data.in_channels, data.n_classes, cfg.C, cfg.N)
+        state.twin = Nb201Supernet(data.in_channels, data.n_classes, cfg.C, cfg.N).to(device)
         state.twin_opt = sgd(state.twin.parameters())
     w_gen = torch.Generator().manual_seed(seed + 2)
-    a_batches = _endless(a_half, cfg.batch_size, torch.Generator().manual_seed(seed + 3))
+    a_batches = _endless(a_half, cfg.batch_size, torch.Generator().manual_seed(seed + 3), device)
     history = {"epoch_seconds": [], "probabilities": [], "alpha": [], "temperatures": [], "train_loss": [],
                "alpha_updates": [], "multipliers": [], "expected_over_budget": []}
     net.train()
@@ -395,7 +398,7 @@ def run_search_loop(data, cfg: ZodartsConfig, seed: int, costs: CellCosts | None
         _set_lr(state.twin_opt, lr)
         losses = []
         start = time.perf_counter()
-        for k, train_batch in enumerate(_batches(w_half, cfg.batch_size, w_gen)):
+        for k, train_batch in enumerate(_batches(w_half, cfg.batch_size, w_gen, device)):
             losses.append(state.step(k, train_batch, next(a_batches)))
         history["epoch_seconds"].append(time.perf_counter() - start)
         with torch.no_grad():
@@ -415,22 +418,23 @@ def run_search_loop(data, cfg: ZodartsConfig, seed: int, costs: CellCosts | None
 # ------------------------------------------------------------------------------------------------ retraining
 @torch.no_grad()
 def exit_accuracies(net, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> list[float]:
-    """Accuracy of every exit's class logits (x already at the net's resolution), eval mode."""
+    """Accuracy of every exit's class logits (x already at the net's resolution), eval mode, on the net's device."""
     net.eval()
-    right = None
+    right, device = None, runtime.module_device(net)
     for i in range(0, len(y), batch_size):
-        logits, _ = net.forward_all(x[i:i + batch_size])
-        hits = [int((lg.argmax(1) == y[i:i + batch_size]).sum()) for lg in logits]
+        logits, _ = net.forward_all(x[i:i + batch_size].to(device))
+        hits = [int((lg.argmax(1) == y[i:i + batch_size].to(device)).sum()) for lg in logits]
         right = hits if right is None else [a + b for a, b in zip(right, hits)]
     return [r / max(len(y), 1) for r in right]
 
 
-def retrain(net, data, cfg: ZodartsConfig, seed: int, on_epoch=None) -> dict:
+def retrain(net, data, cfg: ZodartsConfig, seed: int, on_epoch=None, device: str = "cpu") -> dict:
     """Train the derived net from scratch on the train split; report the final epoch (no selection on any split).
 
     Loss: cross-entropy of the final exit for backbone + final head; the intermediate heads learn their class
     logits on detached features, so they do not change the backbone. Their confidence columns are left to the exit
     training of the pipeline. BN statistics are re-estimated on training batches at the end (train/bn.py).
+    device: where it trains (run_search_loop); the net, built on the CPU, ends back on the CPU.
     """
     from edgenas.data import resize
     torch.manual_seed(seed)
@@ -440,7 +444,8 @@ def retrain(net, data, cfg: ZodartsConfig, seed: int, on_epoch=None) -> dict:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
     if cfg.retrain_samples is not None:
         order = order[: cfg.retrain_samples]
-    train = _Tensors(resize(data.train.x[order], res), data.train.y[order])
+    train = _Tensors(*runtime.data_on_device(device, resize(data.train.x[order], res), data.train.y[order]))
+    net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.retrain_lr, momentum=0.9, weight_decay=cfg.retrain_weight_decay,
                           nesterov=True)
     losses = []
@@ -448,7 +453,7 @@ def retrain(net, data, cfg: ZodartsConfig, seed: int, on_epoch=None) -> dict:
         _set_lr(opt, _cosine_lr(epoch, cfg.retrain_epochs, cfg.retrain_lr, 0.0))
         net.train()
         total, count = 0.0, 0
-        for x, y in _batches(train, cfg.retrain_batch_size, gen):
+        for x, y in _batches(train, cfg.retrain_batch_size, gen, device):
             opt.zero_grad(set_to_none=True)
             h, loss = x, 0.0
             for i, (seg, head) in enumerate(zip(net.segments, net.heads)):
@@ -473,6 +478,7 @@ def retrain(net, data, cfg: ZodartsConfig, seed: int, on_epoch=None) -> dict:
     net.eval()
     val = exit_accuracies(net, resize(data.val.x, res), data.val.y)
     test = exit_accuracies(net, resize(data.test.x, res), data.test.y)
+    net.cpu()
     return {"epochs": cfg.retrain_epochs, "train_loss": losses, "val_accuracy_per_exit": val,
             "test_accuracy_per_exit": test, "val_accuracy": val[-1], "test_accuracy": test[-1]}
 
@@ -527,7 +533,7 @@ def make_config(config: ZodartsConfig | None = None, **overrides) -> ZodartsConf
 
 def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None, seed: int = 0, target=None,
                    out_dir=None, config: ZodartsConfig | None = None, progress: bool = False, ui=None,
-                   **overrides) -> ZodartsResult:
+                   device: str = "cpu", threads: int = runtime.JOB_THREADS, **overrides) -> ZodartsResult:
     """Search a NAS-Bench-201 cell with ZO-DARTS+ (or a baseline), derive it, retrain it, check it on a target.
 
     dataset: a name for edgenas.data.load_dataset ("mnist5k", "digits", "medmnist:FILE.npz") or a loaded Dataset.
@@ -535,7 +541,11 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
     are given), the search penalises the expected cell past them and the derived cell fits them.
     out_dir: when given, a new folder written atomically: config.json, result.json, archive.jsonl, pareto.json and
     checkpoints/candidate_0.pt (the format `edgenas export` reads).
-    overrides: any ZodartsConfig field (None leaves the default). Deterministic for a seed on a given machine.
+    device: "cpu" or "cuda:N" (edgenas.runtime.resolve_device) for the search, the retraining and the exit fitting;
+    the cost analysis, the result and the run folder get the net on the CPU. threads: intra-op threads of the
+    training (runtime's policy for one job; a caller running several searches side by side passes 1).
+    overrides: any ZodartsConfig field (None leaves the default). Deterministic for a seed on a given machine (and
+    device kind; on CUDA up to the non-deterministic kernels edgenas.runtime documents).
     """
     cfg = make_config(config, method=method, epochs=epochs, **overrides)
     if out_dir is not None and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
@@ -552,34 +562,40 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
     cfg = replace(cfg, C=choice.macro.C, N=choice.macro.N, resolution=choice.macro.resolution)
     ui.note(f"macro {choice.reason}")
     limits = budget_limits(tgt.budgets) if tgt is not None else None
-    with ui.task(f"search {cfg.method}", total=cfg.epochs) as advance:
-        history = run_search_loop(data, cfg, seed, choice.costs, limits, on_epoch=lambda e, h: advance(
-            f"{h['epoch_seconds'][-1]:.1f} s, T={h['temperatures'][-1]:.3f}, {h['alpha_updates'][-1]} alpha updates"))
-    checks = budget_checks(choice.costs, tgt, data.in_channels, data.n_classes) if tgt is not None else (None, None)
-    derived = derive_cell(history["probabilities"][-1], history["alpha"][-1], fits=checks[1], estimate=checks[0])
-    arch = derived.arch
-    if derived.reason != "argmax":
-        ui.note(f"derived cell: {arch.to_string()} instead of the argmax {derived.argmax.to_string()} "
-                f"({derived.reason}: {derived.rank} more probable connected cell(s) skipped)")
-    net_cfg = Nb201NetConfig(arch, cfg.C, cfg.N, cfg.resolution)
-    torch.manual_seed(seed)
-    net = net_cfg.build(data.in_channels, data.n_classes)
-    retrained = None
-    if cfg.retrain_epochs > 0:
-        with ui.task("retrain derived cell", total=cfg.retrain_epochs) as advance:
-            retrained = retrain(net, data, cfg, seed, on_epoch=lambda e, loss: advance(f"loss {loss:.3f}"))
-        ui.note(f"{cfg.method}: {arch.to_string()}, test accuracy {retrained['test_accuracy']:.4f} (final epoch)")
-    net.eval()
-    exits = None
-    if cfg.retrain_epochs > 0 and cfg.fit_exits:
-        # the same exit training and threshold choice as NACHOS candidates (cost model of the target, or cortex-m7)
-        from edgenas.search.evaluate import EvaluationConfig, fit_exit_policy
-        from edgenas.targets import load_target
-        exit_target = tgt if tgt is not None else load_target("cortex-m7")
-        with ui.task("train exit heads, choose thresholds", total=None):
-            net, exits = fit_exit_policy(net, data, exit_target, exit_target.budgets, EvaluationConfig(), seed)
-        ui.note(f"exits: {exits['n_exits']} kept, test accuracy {exits['test_accuracy']:.4f}, expected MACs "
-                f"{exits['macs_expected']:.0f} of {exits['macs_worst']} worst case")
+    runtime.use_deterministic_kernels(device)
+    with runtime.torch_threads(threads):  # one job: the search, retraining and exit fitting
+        with ui.task(f"search {cfg.method}", total=cfg.epochs) as advance:
+            history = run_search_loop(data, cfg, seed, choice.costs, limits, device=device, on_epoch=lambda e, h: (
+                advance(f"{h['epoch_seconds'][-1]:.1f} s, T={h['temperatures'][-1]:.3f}, "
+                        f"{h['alpha_updates'][-1]} alpha updates")))
+        checks = (None, None) if tgt is None else budget_checks(choice.costs, tgt, data.in_channels, data.n_classes)
+        derived = derive_cell(history["probabilities"][-1], history["alpha"][-1], fits=checks[1], estimate=checks[0])
+        arch = derived.arch
+        if derived.reason != "argmax":
+            ui.note(f"derived cell: {arch.to_string()} instead of the argmax {derived.argmax.to_string()} "
+                    f"({derived.reason}: {derived.rank} more probable connected cell(s) skipped)")
+        net_cfg = Nb201NetConfig(arch, cfg.C, cfg.N, cfg.resolution)
+        torch.manual_seed(seed)
+        net = net_cfg.build(data.in_channels, data.n_classes)
+        retrained = None
+        if cfg.retrain_epochs > 0:
+            with ui.task("retrain derived cell", total=cfg.retrain_epochs) as advance:
+                retrained = retrain(net, data, cfg, seed, device=device,
+                                    on_epoch=lambda e, loss: advance(f"loss {loss:.3f}"))
+            ui.note(f"{cfg.method}: {arch.to_string()}, test accuracy {retrained['test_accuracy']:.4f} (final epoch)")
+        net.eval()
+        exits = None
+        if cfg.retrain_epochs > 0 and cfg.fit_exits:
+            # the same exit training and threshold choice as NACHOS candidates (the target's cost model, or cortex-m7)
+            from edgenas.search.evaluate import EvaluationConfig, fit_exit_policy
+            from edgenas.targets import load_target
+            exit_target = tgt if tgt is not None else load_target("cortex-m7")
+            with ui.task("train exit heads, choose thresholds", total=None):
+                net, exits = fit_exit_policy(net.to(device), data, exit_target, exit_target.budgets,
+                                             EvaluationConfig(), seed)
+                net = net.cpu()
+            ui.note(f"exits: {exits['n_exits']} kept, test accuracy {exits['test_accuracy']:.4f}, expected MACs "
+                    f"{exits['macs_expected']:.0f} of {exits['macs_worst']} worst case")
     cost_dict, bad = None, None
     if tgt is not None:
         from edgenas import cost
@@ -593,8 +609,9 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
         alpha_updates=history["alpha_updates"][-1], net=net, retrain=retrained, exits=exits, cost=cost_dict,
         violations=bad,
         config={**cfg.to_dict(), "seed": seed, "dataset": dataset if isinstance(dataset, str) else "<in-memory>",
-                "target": getattr(tgt, "name", None), "space": "nb201", "macro_choice": choice.reason,
-                "multipliers": history["multipliers"], "expected_over_budget": history["expected_over_budget"]})
+                "target": getattr(tgt, "name", None), "space": "nb201", "device": device,
+                "macro_choice": choice.reason, "multipliers": history["multipliers"],
+                "expected_over_budget": history["expected_over_budget"]})
     if out_dir is not None:
         _write_run(Path(out_dir), result, data)
         result = replace(result, run_dir=Path(out_dir))

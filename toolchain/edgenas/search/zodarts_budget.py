@@ -104,7 +104,7 @@ class CellCosts:
         """E_p[cost] per additive metric under per-edge op probabilities (6 x 5), differentiable in probs."""
         out = {}
         for m in ADDITIVE:
-            table = torch.tensor(self.table[m], dtype=probs.dtype)           # stages x ops
+            table = torch.tensor(self.table[m], dtype=probs.dtype, device=probs.device)  # stages x ops
             out[m] = self.base[m] + self.macro.N * (probs @ table.T).sum()
         return out
 

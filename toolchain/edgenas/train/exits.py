@@ -10,6 +10,10 @@ Unlike the reference code, L_cost stays inside the autograd graph (the reference
 trains anything). cost_i is the cost of reaching exit i counting every head evaluated before it.
 
 The backbone runs once in eval mode (BN frozen) to cache the features at every exit; only the heads train.
+
+Devices (edgenas.runtime): everything runs where the net is; the features, and the labels moved next to them, stay
+there. Batch orders and support sets are drawn from CPU generators on CPU labels whatever the device, then the indices
+move, so the CPU path is unchanged bit for bit and a GPU consumes the same random streams.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from edgenas.runtime import module_device
 
 
 @dataclass(frozen=True)
@@ -41,11 +47,12 @@ class ExitTrainingConfig:
 
 @torch.no_grad()
 def exit_features(net, x: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
-    """Backbone features at every exit point, computed in eval mode at the net's resolution."""
+    """Backbone features at every exit point, computed in eval mode at the net's resolution, on the net's device
+    (x may be anywhere: each chunk moves there)."""
     from edgenas.data import resize
     net.eval()
-    res = net.input_shape[-1]
-    chunks = [net.features(resize(x[i:i + batch_size], res)) for i in range(0, len(x), batch_size)]
+    res, device = net.input_shape[-1], module_device(net)
+    chunks = [net.features(resize(x[i:i + batch_size].to(device), res)) for i in range(0, len(x), batch_size)]
     return [torch.cat([c[k] for c in chunks]) for k in range(net.n_exits)]
 
 
@@ -91,6 +98,7 @@ def nachos_loss(logits: Sequence[torch.Tensor], conf: torch.Tensor, y: torch.Ten
 
 
 def _class_balanced_subset(y: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Boolean mask of about `fraction` of each class's samples; y, the mask and `gen` are on the CPU."""
     mask = torch.zeros(len(y), dtype=torch.bool)
     for k in torch.unique(y):
         idx = torch.nonzero(y == k).flatten()
@@ -102,7 +110,7 @@ def _class_balanced_subset(y: torch.Tensor, fraction: float, gen: torch.Generato
 @torch.no_grad()
 def _support_scores(heads, feats, y, n_classes) -> torch.Tensor:
     """S[k, i]: accuracy of exit i on the support samples of class k."""
-    scores = torch.zeros(n_classes, len(heads))
+    scores = torch.zeros(n_classes, len(heads), device=y.device)
     for i, head in enumerate(heads):
         pred = head(feats[i])[:, :n_classes].argmax(1)
         right = (pred == y).float()
@@ -121,13 +129,15 @@ def train_final_head(net, feats_final: torch.Tensor, y: torch.Tensor, cfg: ExitT
     if cfg.final_head_epochs <= 0:
         return []
     head = net.heads[-1]
+    device = feats_final.device
+    y = y.to(device)
     gen = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed + 1)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.final_head_lr, weight_decay=cfg.weight_decay)
     history = []
     head.train()
     for _ in range(cfg.final_head_epochs):
-        order = torch.randperm(len(y), generator=gen)
+        order = torch.randperm(len(y), generator=gen).to(device)
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             b = order[start:start + cfg.batch_size]
@@ -147,6 +157,9 @@ def train_exit_heads(net, feats: list[torch.Tensor], y: torch.Tensor, exit_costs
     n_inter = net.n_exits - 1
     if n_inter == 0:
         return []
+    device = feats[-1].device
+    y = y.to(device)
+    y_cpu = y.cpu()  # the support sets are drawn on the CPU, as the batch order
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     heads = list(net.heads[:n_inter])
@@ -154,7 +167,7 @@ def train_exit_heads(net, feats: list[torch.Tensor], y: torch.Tensor, exit_costs
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     with torch.no_grad():
         final_logits = net.heads[-1].eval()(feats[-1])
-    costs = torch.as_tensor(list(exit_costs), dtype=torch.float32)
+    costs = torch.as_tensor(list(exit_costs), dtype=torch.float32, device=device)
     budget = None
     if cost_budget is not None or cfg.cost_budget_fraction:
         candidates = [b for b in (cost_budget, cfg.cost_budget_fraction * float(costs[-1])) if b]
@@ -165,12 +178,13 @@ def train_exit_heads(net, feats: list[torch.Tensor], y: torch.Tensor, exit_costs
     for epoch in range(cfg.epochs):
         use_support = cfg.w_support > 0 and epoch >= cfg.support_from_epoch
         if use_support:
-            support = _class_balanced_subset(y, cfg.support_fraction, gen)
-            scores = _support_scores(heads, [f[support] for f in feats], y[support], net.n_classes)
+            support = _class_balanced_subset(y_cpu, cfg.support_fraction, gen)
+            on_device = support.to(device)
+            scores = _support_scores(heads, [f[on_device] for f in feats], y[on_device], net.n_classes)
             train_idx = torch.nonzero(~support).flatten()
         else:
             scores, train_idx = None, torch.arange(len(y))
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)].to(device)
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             b = order[start:start + cfg.batch_size]
@@ -190,7 +204,7 @@ def train_exit_heads(net, feats: list[torch.Tensor], y: torch.Tensor, exit_costs
 
 @torch.no_grad()
 def exit_outputs(net, feats: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted class per exit (N, B) and intermediate confidences (N, B-1), from cached features."""
+    """Predicted class per exit (N, B) and intermediate confidences (N, B-1), from cached features (on any device)."""
     preds, confs = [], []
     for i, head in enumerate(net.heads):
         out = head.eval()(feats[i])
@@ -198,4 +212,4 @@ def exit_outputs(net, feats: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray
         if i < net.n_exits - 1:
             confs.append(torch.sigmoid(out[:, net.n_classes]))
     conf = torch.stack(confs, dim=1) if confs else torch.zeros((len(preds[0]), 0))
-    return torch.stack(preds, dim=1).numpy(), conf.numpy()
+    return torch.stack(preds, dim=1).cpu().numpy(), conf.cpu().numpy()

@@ -3,6 +3,7 @@
 R = (1/M) sum_m |acc(w) - acc(w + sigma * w * z_m)|,  z_m ~ N(0, I), over every trainable parameter (conv/linear
 weights and biases, BN affine) but not BN running statistics; model in eval mode. Lower R = flatter minimum.
 Measured on the validation split (the reference measures it on the test set at HEAD, which leaks selection).
+The noise z is drawn on the CPU whatever device the model is on (then moved), so every device perturbs with the same z.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def flatness(model: nn.Module, accuracy: Callable[[nn.Module], float], sigma: fl
     try:
         for _ in range(draws):
             for p, w in zip(params, saved):
-                z = torch.randn(w.shape, generator=gen, dtype=w.dtype)
+                z = torch.randn(w.shape, generator=gen, dtype=w.dtype).to(w.device)
                 p.copy_(w + sigma * w * z)
             accs.append(accuracy(model))
     finally:

@@ -18,6 +18,8 @@ Why it is built this way (measured by `benchmarks/supernet_ranking.py`, see rese
 - The learning rate warms up linearly for `lr_warmup_steps`, then follows a cosine to 0 over the remaining steps.
 - Training runs with `threads` intra-op threads, a fixed number (not the machine's core count) so that the same seed
   gives the same supernet on any machine with the same CPU kind; the default 2 uses both cores of a 2-core machine.
+- `device` (edgenas.runtime): the supernet, built on the CPU, trains there; the train split moves once when it fits.
+  Batch order and subnet sampling come from CPU generators whatever the device, so "cpu" is the CPU path bit for bit.
 Each subnet sees the batch at its own input resolution.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgenas import runtime
 from edgenas.data import resize
 from edgenas.train.steps import LossHistory, endless_batch_indices, lr_factor
 
@@ -48,21 +51,25 @@ class SupernetConfig:
 
 
 def train_supernet(space, supernet, data, config: SupernetConfig, seed: int, progress=None,
-                   progress_every: int = 50) -> list[float]:
-    """Train in place; returns the mean loss of the largest subnet per `progress_every` steps.
+                   progress_every: int = 50, device: str = "cpu") -> list[float]:
+    """Train in place on `device` ("cpu" or "cuda:N"); returns the mean loss of the largest subnet per
+    `progress_every` steps. The supernet ends on the CPU in eval mode (it is saved and sliced into candidates there).
 
     `progress(step, loss)` is called after every `progress_every` steps (and at the end)."""
     if config.steps < 1:
         raise ValueError(f"supernet steps must be positive, got {config.steps}")
+    runtime.use_deterministic_kernels(device)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(space, supernet, data, config, seed, progress, progress_every)
+        return _train(space, supernet.to(device), data, config, seed, progress, progress_every, device)
     finally:
+        supernet.eval().to("cpu")
         torch.set_num_threads(threads_before)
 
 
-def _train(space, supernet, data, config: SupernetConfig, seed: int, progress, progress_every: int) -> list[float]:
+def _train(space, supernet, data, config: SupernetConfig, seed: int, progress, progress_every: int,
+           device: str) -> list[float]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -74,9 +81,10 @@ def _train(space, supernet, data, config: SupernetConfig, seed: int, progress, p
     history = LossHistory(config.steps, progress_every, progress)
     supernet.train()
     batches = endless_batch_indices(len(data.train.y), config.batch_size, gen)
+    train_x, train_y = runtime.data_on_device(device, data.train.x, data.train.y)  # once, for every epoch
     for step in range(config.steps):
         idx = next(batches)
-        x, y = data.train.x[idx], data.train.y[idx]
+        x, y = runtime.batch_on(device, idx, train_x, train_y)
         opt.zero_grad(set_to_none=True)
         logits = supernet(resize(x, largest.resolution), largest)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -91,5 +99,4 @@ def _train(space, supernet, data, config: SupernetConfig, seed: int, progress, p
         opt.step()
         sched.step()
         history.add(step, loss)
-    supernet.eval()
     return history.means
