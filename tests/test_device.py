@@ -99,13 +99,21 @@ def test_member_jobs_pass_a_device_set_by_a_worker_to_their_evaluator(space, sup
     assert all(h.evaluator.device == "cuda:0" for h in jobs.handlers.values())
 
 
-def test_member_finetuning_hands_back_and_saves_cpu_weights(space, supernet, digits, target):
+def test_member_finetuning_hands_back_cpu_weights_and_its_record_carries_the_checkpoint(space, supernet, digits,
+                                                                                        target):
+    """The checkpoint travels back with the record (a Ray worker on another machine writes nothing itself)."""
+    from functools import partial
+
+    from edgenas.search.driver import checkpoint_dict
+    from edgenas.search.finetune import CHECKPOINT
     ev = evaluator(space, supernet, digits, target, device="cpu")
     record, _ = ev(genome(space))
-    saved = []
-    finetuner = MemberFinetuner(ev, FinetuneConfig(steps=2, batch_size=32), None, lambda r, net: saved.append(net))
-    _, net = finetuner({**record, "id": 0})
-    assert saved == [net] and on_cpu(net)
+    finetuner = MemberFinetuner(ev, FinetuneConfig(steps=2, batch_size=32), None,
+                                partial(checkpoint_dict, space.name, digits.n_classes, digits.in_channels))
+    fine, net = finetuner({**record, "id": 0})
+    state = pickle.loads(pickle.dumps(fine))[CHECKPOINT]["state_dict"]
+    assert on_cpu(net) and state.keys() == net.state_dict().keys()
+    assert all(v.device.type == "cpu" and torch.equal(v, net.state_dict()[k]) for k, v in state.items())
 
 
 def test_supernet_trained_with_device_cpu_equals_the_default_and_ends_on_the_cpu(space, digits):

@@ -71,7 +71,7 @@ def test_best_member_loads_as_its_truncated_checkpoint(tmp_path):
     for r in (plain, truncated):
         net = deployed_network(full, r["active_exits"], r["thresholds"], r["truncated_after_exit"])
         atomic_torch_save(tmp_path / "checkpoints" / f"candidate_{r['id']}.pt",
-                          checkpoint_dict("mbv3", {**r, "weights": "inherited"}, net, 10, 1))
+                          checkpoint_dict("mbv3", 10, 1, {**r, "weights": "inherited"}, net))
     record, reason = best_member(tmp_path)
     assert record["id"] == 1 and reason.startswith("#1: cheapest of 2 members")
     net, loaded, _ = load_candidate(tmp_path)

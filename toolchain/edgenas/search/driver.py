@@ -355,7 +355,7 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
     not depend on the mode or the machine). Returns the members as reported (search.finetune.member_view)."""
     import functools
 
-    from edgenas.search.finetune import (InheritedCheckpoint, MemberFinetuner, MemberJobs, finetune_order,
+    from edgenas.search.finetune import (CHECKPOINT, InheritedCheckpoint, MemberFinetuner, MemberJobs, finetune_order,
                                          largest_subnet_probabilities, resolve_config)
     has_checkpoint = lambda i: folder.checkpoint_path(i).is_file()  # noqa: E731
     # a line without its checkpoint was cut short between the two writes: fine-tune that member again
@@ -369,8 +369,8 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
         with torch_threads(JOB_THREADS):
             teacher = (largest_subnet_probabilities(space, evaluator, data)
                        if tune and config.distill_weight > 0 else None)
-        save = functools.partial(save_member_checkpoint, str(folder.path), space.name, data.n_classes, data.in_channels)
-        jobs = MemberJobs(MemberFinetuner(evaluator, config, teacher, save), InheritedCheckpoint(evaluator, save))
+        pack = functools.partial(checkpoint_dict, space.name, data.n_classes, data.in_channels)
+        jobs = MemberJobs(MemberFinetuner(evaluator, config, teacher, pack), InheritedCheckpoint(evaluator, pack))
         what = ", ".join(part for part in (
             f"fine-tuning {len(tune)} Pareto member{'s' * (len(tune) > 1)} ({config.steps} steps, {config.optimizer})" if tune else "",
             f"saving {len(keep)} with inherited weights" if keep else "") if part)
@@ -387,6 +387,8 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
 
         with ui.task(what, len(tune) + len(keep)) as advance:
             for record in records():
+                # the checkpoint first: a finetuned.jsonl line without its checkpoint means "fine-tune it again"
+                atomic_torch_save(folder.checkpoint_path(record["id"]), record.pop(CHECKPOINT))
                 archived = next(m for m in members if m["id"] == record["id"])
                 if record["weights"] == "finetuned":
                     folder.append_record(record, FINETUNED)
@@ -397,13 +399,7 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
     return [member_view(m, done.get(m["id"])) for m in members]
 
 
-def save_member_checkpoint(run_dir: str, space_name: str, n_classes: int, in_channels: int, record: dict, net) -> None:
-    """Write a member's checkpoint (called in the worker that fine-tuned it: the weights do not travel back)."""
-    atomic_torch_save(RunFolder(run_dir).checkpoint_path(record["id"]),
-                      checkpoint_dict(space_name, record, net, n_classes, in_channels))
-
-
-def checkpoint_dict(space_name: str, record: dict, net, n_classes: int, in_channels: int) -> dict:
+def checkpoint_dict(space_name: str, n_classes: int, in_channels: int, record: dict, net) -> dict:
     """What `load_candidate` needs to rebuild the deployed network: architecture, exit policy (active heads, the
     deployed thresholds, the exit the network was cut after) and weights. Format 2 added `truncated_after_exit`,
     format 3 `weights` (what the weights are: "inherited" from the supernet, "finetuned", "retrained")."""

@@ -16,8 +16,8 @@ Every job runs with runtime.WORKER_THREADS (one) intra-op thread, in a worker or
 depend on the engine, the number of workers or the cores, so the same seed gives the same archive everywhere. Records
 come back in input order, which is what the archive appends.
 
-With Ray on several machines, member checkpoints are written by the worker that fine-tuned the member: the run
-folder must be on a filesystem every node mounts at the same path.
+Workers write nothing: a member job's record carries its checkpoint back (search.finetune.CHECKPOINT) and this
+process writes the run folder, so the nodes of a Ray cluster need no shared filesystem.
 """
 from __future__ import annotations
 

@@ -29,6 +29,9 @@ INHERITED_FIELDS = ("val_accuracy", "val_accuracy_ci", "test_accuracy", "test_ac
                     "macs_expected_test", "latency_expected_s", "latency_expected_test_s", "exit_loss_upper_bound",
                     "feasible", "violations",
                     "flatness", "perturbed_val_accuracy_mean", "ood_accuracy", "ood_per_corruption")  # FlatNAS's
+# the field of a member job's record that carries its checkpoint back to the process that writes the run folder (which
+# pops it before archiving the record): a worker on another machine of a Ray cluster needs no shared filesystem
+CHECKPOINT = "checkpoint"
 FINETUNE_SEED_OFFSET = 7919  # a different stream from the candidate's head initialisation and BN batches
 
 
@@ -50,13 +53,14 @@ def largest_subnet_probabilities(space, evaluator, data):
 
 
 class MemberFinetuner:
-    """Callable member record -> (fine-tuned record, deployed net on the CPU); writes the member's checkpoint (a
-    worker does).
+    """Callable member record -> (fine-tuned record carrying its checkpoint under CHECKPOINT, deployed net on the
+    CPU).
 
-    `save(record, net)` must be picklable (a module-level function or a functools.partial of one)."""
+    `checkpoint(record, net) -> dict` builds the member's checkpoint; it must be picklable (a module-level function
+    or a functools.partial of one)."""
 
-    def __init__(self, evaluator, config: FinetuneConfig, teacher_probs, save):
-        self.evaluator, self.config, self.teacher_probs, self.save = evaluator, config, teacher_probs, save
+    def __init__(self, evaluator, config: FinetuneConfig, teacher_probs, checkpoint):
+        self.evaluator, self.config, self.teacher_probs, self.checkpoint = evaluator, config, teacher_probs, checkpoint
 
     def __call__(self, member: dict):
         ev = self.evaluator
@@ -77,16 +81,16 @@ class MemberFinetuner:
         record["violations"] = budget_violations(record, ev.budgets, ev.params_cap)
         record["feasible"] = not record["violations"]
         net = net.cpu()  # the checkpoint and the caller get CPU weights
-        self.save(record, net)
+        record[CHECKPOINT] = self.checkpoint(record, net)
         return record, net
 
 
 class InheritedCheckpoint:
     """Callable member record -> (record, deployed net) with the inherited weights, re-evaluated exactly as the
-    search did (the same seed, one thread); writes the checkpoint through `save` like MemberFinetuner."""
+    search did (the same seed, one thread); the record carries its checkpoint like MemberFinetuner's."""
 
-    def __init__(self, evaluator, save):
-        self.evaluator, self.save = evaluator, save
+    def __init__(self, evaluator, checkpoint):
+        self.evaluator, self.checkpoint = evaluator, checkpoint
 
     def __call__(self, member: dict):
         record, deployed = self.evaluator(np.array(member["genome"]))
@@ -95,7 +99,7 @@ class InheritedCheckpoint:
                 raise EdgenasError(f"candidate #{member['id']} did not re-evaluate to its archived {k} "
                                    f"({record[k]} vs {member[k]})", "the evaluation is not deterministic on this machine")
         record = {**member, "weights": "inherited"}
-        self.save(record, deployed)
+        record[CHECKPOINT] = self.checkpoint(record, deployed)
         return record, deployed
 
 

@@ -655,7 +655,7 @@ def _write_run(out: Path, result: ZodartsResult, data) -> None:
         atomic_write_json(tmp / "result.json", summary)
         atomic_write_json(tmp / "pareto.json", {"members": [0]})
         (tmp / "archive.jsonl").write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
-        atomic_torch_save(tmp / "checkpoints" / "candidate_0.pt", checkpoint_dict("nb201", {**record, "weights": "retrained"}, result.net, data.n_classes, data.in_channels))
+        atomic_torch_save(tmp / "checkpoints" / "candidate_0.pt", checkpoint_dict("nb201", data.n_classes, data.in_channels, {**record, "weights": "retrained"}, result.net))
         if out.exists():
             out.rmdir()  # empty (checked before the search started)
         os.replace(tmp, out)
