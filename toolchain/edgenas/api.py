@@ -71,7 +71,7 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
     if cfg.min_accuracy is not None and not 0.0 <= cfg.min_accuracy <= 1.0:
         raise EdgenasError(f"--min-accuracy must be a fraction in [0, 1], got {cfg.min_accuracy}", "e.g. --min-accuracy 0.9")
     out = Path(out) if out else default_run_dir(cfg.target, method, cfg.dataset, seed)
-    pool = ExecutorConfig(executor or "local", workers, ray_address).validate()
+    pool = ExecutorConfig(executor or "local", workers, ray_address)  # run_search validates it before any work
     return run_search(cfg, out, resume=resume, ui=ui, executor=pool, device=device)
 
 

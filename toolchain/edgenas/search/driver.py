@@ -16,7 +16,7 @@ import numpy as np
 
 from edgenas.errors import EdgenasError
 from edgenas.paths import missing_folders
-from edgenas.runtime import JOB_THREADS, torch_threads, use_deterministic_kernels
+from edgenas.runtime import JOB_THREADS, torch_threads
 from edgenas.search.evaluate import EvaluationConfig
 from edgenas.search.executors import ExecutorConfig, open_executor, timed_record
 from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
@@ -240,7 +240,6 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
     space = create_space(cfg.space)
     check_budgets_reachable(space, target, budgets, data.in_channels, data.n_classes)
     folder = RunFolder(out)
-    use_deterministic_kernels(device)
     with _opened_folder(folder, cfg, resume, ui):
         return _search_in_folder(folder, cfg, method, target, budgets, data, space, ui, executor, device, t0)
 
