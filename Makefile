@@ -31,8 +31,10 @@ demo: setup
 	$(BIN)/edgenas export $(DEMO_RUN) --best --out $(DEMO_RUN)/export
 	$(BIN)/edgenas compile $(DEMO_RUN)/export/model.onnx --target cortex-m7 --out $(DEMO_RUN)/firmware
 
+# two xdist workers, one per core, each running whole modules (module fixtures are built once; the costly session
+# fixtures of tests/conftest.py are built once per run for both)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info toolchain/*.egg-info

@@ -135,7 +135,7 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "finetune_gap.json"))
     args = parser.parse_args()
 
-    from edgenas.search.driver import best_member, pareto_records
+    from edgenas.search.runfolder import best_member, pareto_records
     run = Path(args.run)
     members = pareto_records(run)
     if any(m["weights"] != "finetuned" for m in members):

@@ -17,7 +17,8 @@ import torch
 from edgenas import api
 from edgenas.data import load_dataset, resize
 from edgenas.data.corruptions import corrupted_accuracy
-from edgenas.search.driver import SearchConfig, load_candidate
+from edgenas.search.driver import SearchConfig
+from edgenas.search.runfolder import load_candidate
 from edgenas.search.flatnas import FlatnasConfig
 
 

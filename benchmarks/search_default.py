@@ -75,7 +75,7 @@ def main():
     from scipy.stats import spearmanr
 
     from edgenas.data import load_dataset
-    from edgenas.search.driver import pareto_records
+    from edgenas.search.runfolder import pareto_records
     from edgenas.search.pareto import choose_best
     config = json.loads((RUN / "config.json").read_text())
     records = [json.loads(line) for line in (RUN / "archive.jsonl").read_text().splitlines() if line.strip()]

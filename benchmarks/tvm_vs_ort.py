@@ -86,8 +86,8 @@ def train_tiny_export(out: Path) -> tuple[Path, np.ndarray]:
 
 def test_inputs(export_dir: Path, n: int) -> np.ndarray | None:
     try:
-        from edgenas.api import _dataset_test_inputs
-        return _dataset_test_inputs(export_dir, n)
+        from edgenas.compile.test_inputs import dataset_test_inputs
+        return dataset_test_inputs(export_dir, n)
     except Exception:  # no dataset named, or not loadable here: random inputs instead
         return None
 
@@ -158,8 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/tvm_vs_ort.json")
     a = p.parse_args(argv)
 
-    from edgenas.compile.host import compile_host, default_test_inputs
+    from edgenas.compile.host import compile_host
     from edgenas.compile.mcu import load_model_source
+    from edgenas.compile.test_inputs import default_test_inputs
     from edgenas.targets import load_target
 
     work = Path(tempfile.mkdtemp(prefix="edgenas-tvm-vs-ort-"))

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__},
               "total_wall_seconds": time.perf_counter() - t0, "targets": rows}
-    from edgenas.search.runfolder import atomic_write_json
+    from edgenas.fileio import atomic_write_json
     atomic_write_json(Path(args.out), report)
     for r in rows:
         m = r["macro"]

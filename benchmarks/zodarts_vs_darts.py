@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
     import torch
     from edgenas.data import load_dataset
-    from edgenas.search.runfolder import atomic_write_json
+    from edgenas.fileio import atomic_write_json
 
     data = load_dataset(args.dataset)
     settings = dict(C=args.C, N=args.N, resolution=args.resolution, batch_size=args.batch_size,

@@ -1,4 +1,8 @@
+import copy
+import fcntl
+import functools
 import os
+import pickle
 import shutil
 
 import pytest
@@ -26,23 +30,42 @@ def require_tools(in_ci):
     return check
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """build(folder) run once per test run, its value returned to every caller. Under xdist each worker has a session
+    of its own: the first worker to get here builds in a folder that all workers of the run see, under a file lock,
+    and the others wait for it and read its value back (pickled)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / name  # the run's temporary root, above the workers' own
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        done = shared / "value.pickle"
+        if not done.is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # what a worker that failed while building left
+            shared.mkdir()
+            done.write_bytes(pickle.dumps(build(shared)))
+        return pickle.loads(done.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A finished tiny search (tests.test_search.TINY), shared by every test module: (run folder, SearchResult).
+    """A finished tiny search (tests.tiny_settings.TINY), shared by every test module: (run folder, SearchResult).
     Tests must not modify it: copy it first (shutil.copytree)."""
     from edgenas import api
-    from tests.test_search import TINY
-    out = tmp_path_factory.mktemp("search") / "run"
-    return out, api.search(config=TINY, out=out, seed=0)
+    from tests.tiny_settings import TINY
+    return built_once(tmp_path_factory, "search", lambda folder: (
+        folder / "run", api.search(config=TINY, out=folder / "run", seed=0)))
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_run, tmp_path_factory):
     """The tiny run's --best member exported (the folder holding model.onnx, exits.json, ...). Read-only."""
     from edgenas import api
-    out = tmp_path_factory.mktemp("export") / "export"
-    api.export(tiny_run[0], None, out)
-    return out
+
+    def export(folder):
+        api.export(tiny_run[0], None, folder / "export")
+        return folder / "export"
+    return built_once(tmp_path_factory, "export", export)
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +80,25 @@ def toy_data():
         return Split((protos[y] + 0.2 * torch.rand(n, 1, 8, 8, generator=gen)).clamp(0, 1), y)
     return Dataset("toy", split(160), split(64), split(64), n_classes=4, in_channels=1, native_size=(8, 8),
                    class_names=tuple("abcd"), source="tests/conftest.py")
+
+
+@pytest.fixture(scope="session")
+def exit_net_export(tmp_path_factory):
+    """exit_net_export(n_test) -> (export folder, x_test): the tiny 3-exit digits net of tests/exit_net.py, trained
+    once per session on the first 1200 shuffled digits, its thresholds set so that every exit is taken on the n_test
+    digits after those, exported per stage with export_stages (one export per n_test). Read-only."""
+    from edgenas.export.stages import export_stages
+    from tests.exit_net import digits, thresholds_taking_every_exit, train_net
+    x, y = digits()
+    trained = train_net(x[:1200], y[:1200])
+
+    @functools.cache
+    def export(n_test: int):
+        net = copy.deepcopy(trained)
+        x_test = x[1200:1200 + n_test]
+        net.thresholds = thresholds_taking_every_exit(net, x_test)
+        out = tmp_path_factory.mktemp("exit-net-export")
+        export_stages(net, out)
+        return out, x_test
+    return export
+

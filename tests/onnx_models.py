@@ -1,4 +1,5 @@
-"""Small ONNX models built with onnx.helper for the tests of bad or unsupported input (not files checked in)."""
+"""Small ONNX models built with onnx.helper (not files checked in): plain conv nets for calibration and analysis, and
+the models of bad or unsupported input."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,3 +41,30 @@ def small_model(kind: str, opset: int = 18) -> onnx.ModelProto:
     else:
         raise ValueError(f"unknown small model kind {kind!r}")
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def conv_model(path, c_in, c_out, side, n_conv, relus, k=3, n_classes=10, seed=0):
+    """x -> [Conv k x k (+ Relu)] * n_conv -> GlobalAveragePool -> Flatten -> Gemm: a plain ONNX model."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, h, c = [], [], "x", c_in
+    for i in range(n_conv):
+        w = numpy_helper.from_array(rng.standard_normal((c_out, c, k, k)).astype(np.float32), f"w{i}")
+        b = numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")
+        inits += [w, b]
+        nodes.append(helper.make_node("Conv", [h, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[k // 2] * 4))
+        h, c = f"c{i}", c_out
+        if relus[i]:
+            nodes.append(helper.make_node("Relu", [h], [f"r{i}"], name=f"relu{i}"))
+            h = f"r{i}"
+    inits += [numpy_helper.from_array(rng.standard_normal((n_classes, c)).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(n_classes, np.float32), "fc_b")]
+    nodes += [helper.make_node("GlobalAveragePool", [h], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, side, side])
+    graph = helper.make_graph(nodes, "plain", [x],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

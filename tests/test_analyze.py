@@ -14,7 +14,7 @@ from edgenas.export import compose_if_graph, export_stage_protos
 from edgenas.nn.early_exit import EarlyExitNet
 from edgenas.targets import load_target
 
-from test_calibrate import conv_model
+from tests.onnx_models import conv_model
 
 N_CLASSES = 10
 

@@ -132,7 +132,7 @@ def measured(*rows: str, models: int = 5, extra: dict[str, str | bytes] | None =
     """setup: `models` small distinct ONNX networks {tmp}/m0.onnx.. and {tmp}/m.csv, the header
     `model,latency_ms` then `rows` (e.g. "m0.onnx,1.5"); `extra` files as for files()."""
     def setup(tmp: Path, ctx: Ctx) -> None:
-        from tests.test_calibrate import conv_model
+        from tests.onnx_models import conv_model
         for i in range(models):
             conv_model(tmp / f"m{i}.onnx", 1, 4, 8, i + 1, [True] * (i + 1))
         (tmp / "m.csv").write_text("\n".join(["model,latency_ms", *rows]) + "\n")

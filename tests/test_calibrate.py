@@ -3,9 +3,7 @@ malformed inputs rejected with one line and exit code 2 (and nothing written).""
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgenas import cost
 from edgenas.cli import main
@@ -13,35 +11,9 @@ from edgenas.cost.calibrate import (FEATURES, Measurements, ModelTotal, Observat
                                     cross_validate, fit, kendall_tau, write_override)
 from edgenas.errors import EdgenasError
 from edgenas.targets import load_target
+from tests.onnx_models import conv_model
 
 CLOCK = 3e9  # x86-host clock: coefficients in seconds * CLOCK = cycles
-
-
-def conv_model(path, c_in, c_out, side, n_conv, relus, k=3, n_classes=10, seed=0):
-    """x -> [Conv k x k (+ Relu)] * n_conv -> GlobalAveragePool -> Flatten -> Gemm: a plain ONNX model."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, h, c = [], [], "x", c_in
-    for i in range(n_conv):
-        w = numpy_helper.from_array(rng.standard_normal((c_out, c, k, k)).astype(np.float32), f"w{i}")
-        b = numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")
-        inits += [w, b]
-        nodes.append(helper.make_node("Conv", [h, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[k // 2] * 4))
-        h, c = f"c{i}", c_out
-        if relus[i]:
-            nodes.append(helper.make_node("Relu", [h], [f"r{i}"], name=f"relu{i}"))
-            h = f"r{i}"
-    inits += [numpy_helper.from_array(rng.standard_normal((n_classes, c)).astype(np.float32), "fc_w"),
-              numpy_helper.from_array(np.zeros(n_classes, np.float32), "fc_b")]
-    nodes += [helper.make_node("GlobalAveragePool", [h], ["gap"], name="gap"),
-              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, side, side])
-    graph = helper.make_graph(nodes, "plain", [x],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n_classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ per-layer profile
@@ -227,8 +199,8 @@ def test_override_round_trips_through_load_target(tmp_path):
     p = t.provenance[-1]
     assert p.measured_on == "dev" and "rt, 1 thread" in p.runtime and "6 models" in p.source and p.date
     assert "within +-10%" in p.notes
-    # the override is a working --target: CLI analyze accepts it
-    assert main(["analyze", str(tmp_path / "m0.onnx"), "--target", str(out), "--json"]) in (0, 1)
+    # the override is a working --target: CLI analyze accepts it (and the small m0.onnx is within x86-host's budgets)
+    assert main(["analyze", str(tmp_path / "m0.onnx"), "--target", str(out), "--json"]) == 0
 
 
 def test_cli_calibrate_writes_the_override_and_prints_held_out_error(tmp_path, capsys):
@@ -276,7 +248,7 @@ def test_malformed_files_fail_with_one_line_and_exit_2_and_write_nothing(tmp_pat
 
 
 def test_ort_profile_of_a_real_session_is_attributed_to_layers(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     path = conv_model(tmp_path / "m.onnx", 3, 16, 16, 3, [True, True, False])
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -375,7 +347,7 @@ def test_calibrate_json_names_and_unwritable_outputs(tmp_path, capsys, monkeypat
 
     def failing_replace(src, dst):  # a read-only folder, as root cannot make one
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr("edgenas.cost.calibrate.os.replace", failing_replace)
+    monkeypatch.setattr("edgenas.fileio.os.replace", failing_replace)
     with pytest.raises(EdgenasError, match="cannot write .*Permission denied"):
         write_override(cal, fresh / "o.toml")
     assert not (tmp_path / "made").exists()  # the folders it made are removed again, with the temporary file

@@ -1,5 +1,4 @@
 """edgenas.data: shipped datasets, loaders for user files (built here in tmp_path), resizing, batching, errors."""
-import os
 import pickle
 
 import numpy as np

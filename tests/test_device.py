@@ -104,7 +104,7 @@ def test_member_finetuning_hands_back_cpu_weights_and_its_record_carries_the_che
     """The checkpoint travels back with the record (a Ray worker on another machine writes nothing itself)."""
     from functools import partial
 
-    from edgenas.search.driver import checkpoint_dict
+    from edgenas.search.runfolder import checkpoint_dict
     from edgenas.search.finetune import CHECKPOINT
     ev = evaluator(space, supernet, digits, target, device="cpu")
     record, _ = ev(genome(space))

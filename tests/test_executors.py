@@ -15,7 +15,7 @@ import pytest
 from edgenas import api
 from edgenas.cli import main as cli_main
 from edgenas.search.executors import ExecutorConfig, LocalExecutor
-from tests.test_search import TINY, VOLATILE
+from tests.tiny_settings import TINY, VOLATILE
 
 
 def stable_lines(path: Path) -> list[dict]:

@@ -1,24 +1,30 @@
 """FlatNAS end to end with tiny settings: flatness and OOD fields in the archive, the params cap on every member."""
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
 
 from edgenas import api
-from edgenas.search.driver import SearchConfig
 from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
-from tests.test_search import TINY
+from tests.tiny_settings import TINY
 
 PARAMS_CAP = 40_000
+# the first test builds flat_run (and tiny_run if no other test has): the longest setup of the suite
+pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture(scope="module")
-def flat_run(tmp_path_factory):
+def flat_run(tiny_run, tmp_path_factory):
     cfg = replace(TINY, method="flatnas", finetune_members="all",
                   flatnas=FlatnasConfig(draws=3, finetune_epochs=1, ood_samples=30, ood_severities=(1, 5),
                                         max_params=PARAMS_CAP))
     out = tmp_path_factory.mktemp("flatnas") / "run"
-    return out, api.search(config=cfg, out=out, method="flatnas")
+    out.mkdir()
+    # TINY's supernet settings and seed: the supernet this search would train is tiny_run's (trained once)
+    shutil.copy(tiny_run[0] / "supernet.pt", out / "supernet.pt")
+    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "versions": {}}))
+    return out, api.search(config=cfg, out=out, method="flatnas", resume=True)
 
 
 @pytest.mark.e2e
@@ -56,7 +62,7 @@ def test_flatnas_params_cap_holds_for_every_member(flat_run):
 
 
 def test_alpha_norm_is_recomputed_over_the_archive():
-    method = FlatnasMethod(FlatnasConfig(alpha=0.5))
+    method = FlatnasMethod(config=FlatnasConfig(alpha=0.5))
     records = [{"val_accuracy": 0.9, "flatness": 0.02, "params": 10, "flash_bytes": 40},
                {"val_accuracy": 0.7, "flatness": 0.06, "params": 20, "flash_bytes": 80}]
     method.refresh(records)

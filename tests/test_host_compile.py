@@ -1,8 +1,8 @@
 """TVM Relax builds for the host (x86) and a Cortex-A board (rpi4): exits composed with relax.If, checked against
 onnxruntime, and the aarch64 static C-driver check under qemu-aarch64.
 
-The tiny 3-exit digits net of test_mcu.py is trained for a few seconds and exported per stage; its thresholds are
-set from its own confidences on the test inputs so that every exit is taken.
+The tiny 3-exit digits net of tests/exit_net.py (fixture exit_net_export: trained once per session, exported per
+stage with thresholds set from its own confidences on the test inputs so that every exit is taken).
 """
 import json
 import shutil
@@ -13,28 +13,20 @@ import onnx
 import pytest
 
 from edgenas.cli import main
-from edgenas.compile.host import (LIBRARY_FILE, STATIC_DIR, STATIC_EXE, compile_host, load_build_report,
-                                  run_library)
+from edgenas.compile.harness_report import parse_report
+from edgenas.compile.host import LIBRARY_FILE, STATIC_DIR, compile_host, load_build_report
+from edgenas.compile.host_checks import STATIC_EXE, run_library
 from edgenas.compile.mcu import load_model_source, reference_outputs
 from edgenas.errors import EdgenasError
 from edgenas.export.checks import ort_session, run_early_exit
-from edgenas.export.stages import export_stages
-from edgenas.profile.mcu_report import parse_report
-from test_mcu import digits, thresholds_taking_every_exit, train_net
 
 N_TEST = 24
 ELF_MACHINE_AARCH64 = 183
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    x, y = digits()
-    net = train_net(x[:1200], y[:1200])
-    x_test = x[1200:1200 + N_TEST]
-    net.thresholds = thresholds_taking_every_exit(net, x_test)
-    out = tmp_path_factory.mktemp("export")
-    export_stages(net, out)
-    return out, x_test
+def model(exit_net_export):
+    return exit_net_export(N_TEST)
 
 
 @pytest.fixture(scope="module")

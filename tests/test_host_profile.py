@@ -10,22 +10,15 @@ import pytest
 from edgenas.cli import main
 from edgenas.compile.host import compile_host
 from edgenas.errors import EdgenasError
-from edgenas.export.stages import export_stages
 from edgenas.profile.host import profile_device, profile_host
 from edgenas.profile.ssh import LocalTransport, SshTransport, parse_device, profile_ssh
-from test_mcu import digits, thresholds_taking_every_exit, train_net
 
 N_TEST = 12
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    x, y = digits()
-    net = train_net(x[:1200], y[:1200])
-    x_test = x[1200:1200 + N_TEST]
-    net.thresholds = thresholds_taking_every_exit(net, x_test)
-    export_dir = tmp_path_factory.mktemp("export")
-    export_stages(net, export_dir)
+def build(exit_net_export, tmp_path_factory):
+    export_dir, x_test = exit_net_export(N_TEST)
     out = tmp_path_factory.mktemp("build") / "tvm-x86-host"
     compile_host(export_dir, "x86-host", out, test_inputs=x_test)
     return out

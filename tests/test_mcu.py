@@ -1,7 +1,7 @@
 """Cortex-M firmware: TVM kernels + static C driver, built with arm-none-eabi-gcc, run under qemu-system-arm.
 
-One tiny early-exit net (3 segments on 8x8 digits) is trained for a few seconds and exported per stage with
-`export_stages`; its thresholds are set from its own confidences on the test inputs so that every exit is taken.
+The tiny 3-exit digits net of tests/exit_net.py (fixture exit_net_export: trained once per session, exported per
+stage with thresholds set from its own confidences on the test inputs so that every exit is taken).
 The firmware must take the same exit as onnxruntime on every input, with logits within 1e-4, and fit the target.
 """
 import json
@@ -11,11 +11,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from edgenas.compile import compile_mcu, plan_arena
@@ -23,77 +20,16 @@ from edgenas.compile import firmware as fw_mod
 from edgenas.compile.lowering import lower_onnx, stage_program
 from edgenas.compile.mcu import load_model_source, reference_outputs
 from edgenas.errors import EdgenasError
-from edgenas.export.stages import export_stages
-from edgenas.nn.early_exit import EarlyExitNet
 from edgenas.profile import profile_qemu, profile_serial
 from edgenas.profile.qemu import qemu_command
 from edgenas.targets import load_target
 
-N_CLASSES = 10
 N_TEST = 24
 
 
-def cbr(c_in, c_out, stride):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
-
-
-def head(c_in, n_out, pool=2):
-    return nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(c_in * pool * pool, n_out))
-
-
-def digits():
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[:, None]
-    order = np.random.default_rng(0).permutation(len(x))
-    return x[order], d.target[order].astype(np.int64)
-
-
-def train_net(x, y, steps=150):
-    torch.manual_seed(0)
-    net = EarlyExitNet([cbr(1, 8, 1), cbr(8, 16, 2), cbr(16, 16, 1)],
-                       [head(8, N_CLASSES + 1), head(16, N_CLASSES + 1), head(16, N_CLASSES, pool=1)],
-                       N_CLASSES, (1, 8, 8), [0.5, 0.5])
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for step in range(steps):
-        idx = torch.randint(0, len(xt), (64,))
-        logits, conf = net.forward_all(xt[idx])
-        loss = sum(F.cross_entropy(lg, yt[idx]) for lg in logits)
-        correct = torch.stack([(lg.argmax(1) == yt[idx]).float() for lg in logits[:-1]], dim=1)
-        loss = loss + F.binary_cross_entropy(conf, correct)  # confidence learns "this exit is right"
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
-
-
-def thresholds_taking_every_exit(net, x):
-    """Thresholds between observed exit scores, so that some inputs leave at each exit and none sits on a border."""
-    with torch.no_grad():
-        _, conf = net.forward_all(torch.from_numpy(x))
-    c = conf.numpy().astype(np.float64)
-    score0 = c[:, 0]
-    s0 = np.sort(score0)
-    k = int(0.6 * len(s0))
-    thr0 = float((s0[k - 1] + s0[k]) / 2)
-    rest = score0 < thr0
-    score1 = 1 - (1 - c[rest, 0]) * (1 - c[rest, 1])
-    s1 = np.sort(score1)
-    k = len(s1) // 2
-    thr1 = float((s1[k - 1] + s1[k]) / 2)
-    return [thr0, thr1]
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.set_num_threads(1)
-    x, y = digits()
-    net = train_net(x[:1200], y[:1200])
-    x_test = x[1200:1200 + N_TEST]
-    net.thresholds = thresholds_taking_every_exit(net, x_test)
-    out = tmp_path_factory.mktemp("export")
-    export_stages(net, out)
-    return out, x_test
+def model(exit_net_export):
+    return exit_net_export(N_TEST)
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +242,7 @@ def test_serial_profile_replays_a_recorded_report_through_a_pty(firmware_llvm, t
 
 
 def test_serial_report_cut_short_is_an_error(tmp_path, target):
-    from edgenas.profile.mcu_report import parse_report
+    from edgenas.compile.harness_report import parse_report
     with pytest.raises(EdgenasError, match="incomplete firmware report"):
         parse_report("EDGENAS-REPORT 1 counter=dwt_cycles inputs=2 stages=3 classes=10\nEDGENAS INPUT 0 rc=0")
 
@@ -380,14 +316,12 @@ def test_profile_refuses_a_semihosting_build_of_an_older_edgenas(firmware_llvm, 
 
 # ---------------------------------------------------------------------------------------------- issue 15
 def _matmul_onnx(path, k: int):
-    """One 1xk @ kx1024 weight matrix: k * 4 KiB of weights (k=384: 1.5 MiB, over cortex-m7's 1 MiB flash)."""
-    from onnx import TensorProto, helper, numpy_helper
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, 1024)).astype(np.float32) * .01, "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1024])], [w])
+    """One 1xk @ kx1024 weight matrix (tests/onnx_models.py): k * 4 KiB of weights (k=384: 1.5 MiB, over cortex-m7's
+    1 MiB flash)."""
     import onnx
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+    from tests.onnx_models import small_model
+    onnx.save(small_model(f"matmul{k}"), str(path))
     return path
 
 

@@ -8,8 +8,8 @@ import torch
 from edgenas import cost
 from edgenas.errors import EdgenasError
 from edgenas.spaces import create_space, list_spaces
-from edgenas.spaces.nb201 import (EDGES, EXAMPLE, OPS, Nb201Arch, Nb201NetConfig, Nb201Supernet, arch_of,
-                                  build_early_exit_net)
+from edgenas.spaces.nb201 import EDGES, EXAMPLE, OPS, Nb201Arch, Nb201NetConfig, arch_of, build_early_exit_net
+from edgenas.spaces.nb201_supernet import Nb201Supernet
 
 
 def test_example_string_parses_to_edge_order():
@@ -25,7 +25,7 @@ def test_string_round_trip_through_the_built_network():
     rng = np.random.default_rng(0)
     space = create_space("nb201", C=4, N=1, resolution=8)
     for _ in range(25):
-        text = space.decode(space.sample(rng)).to_string()
+        text = space.decode(space.sample(rng)).arch.to_string()
         net = build_early_exit_net(text, n_classes=3, in_channels=1, resolution=8, C=4, N=1)
         assert arch_of(net).to_string() == text
 
@@ -121,12 +121,12 @@ def test_registry_and_genome():
     assert "nb201" in list_spaces()
     space = create_space("nb201", C=4, N=1, resolution=8)
     lo, hi = space.bounds
-    assert space.n_var == 6 and lo.tolist() == [0] * 6 and hi.tolist() == [4] * 6
+    assert space.n_var == 8 and lo.tolist() == [0] * 8 and hi.tolist() == [4] * 6 + [1] * 2
     for g in itertools.islice(itertools.product(range(5), repeat=6), 0, 15625, 97):
-        arch = space.decode(g)
-        assert space.encode(arch).tolist() == list(g)
+        genome = [*g, g[0] % 2, g[1] % 2]
+        assert space.encode(space.decode(genome)).tolist() == genome
     rng = np.random.default_rng(3)
-    assert all(space.decode(space.sample(rng)).is_connected() for _ in range(50))
+    assert all(space.decode(space.sample(rng)).arch.is_connected() for _ in range(50))
     with pytest.raises(EdgenasError, match="6 op indices"):
         space.decode([0, 1, 2])
 

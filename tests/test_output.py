@@ -12,13 +12,12 @@ import pytest
 
 from edgenas import api
 from edgenas.cli import main as cli_main
-from edgenas.report import HEADER, member_rows, print_members
+from edgenas.search.report import HEADER, member_rows, print_members
 from edgenas.targets import list_targets, load_target
 from edgenas.ui import RichUI, make_console, print_table
 
-from test_calibrate import conv_model
-from test_zodarts import TINY as ZODARTS_TINY
-from tests.test_search import TINY
+from tests.onnx_models import conv_model
+from tests.tiny_settings import TINY, ZODARTS_TINY
 
 LONG = "a-very-long-architecture-description " * 8  # ~300 characters: wider than any default console
 

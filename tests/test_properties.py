@@ -145,7 +145,7 @@ def test_target_names_are_valid_or_refused_and_never_break_the_file(name):
 # ------------------------------------------------------------------------------------------------ calibrate CSV rows
 @pytest.fixture(scope="module")
 def one_model(work):
-    from tests.test_calibrate import conv_model
+    from tests.onnx_models import conv_model
     return conv_model(work / "m0.onnx", 1, 4, 8, 1, [True])
 
 

@@ -14,7 +14,7 @@ from edgenas.cli import main as cli_main
 from edgenas.errors import EdgenasError
 from edgenas.search.driver import SearchConfig
 from edgenas.search.runfolder import RunFolder
-from tests.test_search import TINY, stable
+from tests.tiny_settings import TINY, stable
 
 
 def jsonl(path: Path) -> list[dict]:

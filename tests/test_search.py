@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +15,10 @@ import torch
 
 from edgenas import api
 from edgenas.cli import main as cli_main
-from edgenas.search.evaluate import EvaluationConfig, predict_exits
-from edgenas.search.driver import SearchConfig, best_member, load_candidate
+from edgenas.search.evaluate import predict_exits
+from edgenas.search.runfolder import best_member, load_candidate
 from edgenas.search.pareto import choose_best
-from edgenas.train.exits import ExitTrainingConfig
-from edgenas.train.finetune import FinetuneConfig
-from edgenas.train.supernet import SupernetConfig
-
-TINY = SearchConfig(dataset="digits", pop_size=4, n_gen=2,
-                    supernet=SupernetConfig(steps=12, batch_size=128, n_random=1, lr_warmup_steps=2),
-                    evaluation=EvaluationConfig(exits=ExitTrainingConfig(epochs=4, support_from_epoch=2), bn_batches=2),
-                    finetune=FinetuneConfig(steps=20, optimizer="auto"))
-VOLATILE = ("eval_seconds",)
-
-
-def stable(records):
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+from tests.tiny_settings import TINY, VOLATILE, stable
 
 
 def read_archive(run: Path):
@@ -97,11 +86,15 @@ def test_pareto_member_checkpoint_reproduces_its_test_accuracy(tiny_run):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1200)  # waits up to 600 s for the killed search to start, then resumes it
 def test_search_killed_then_resumed_gives_the_uninterrupted_archive(tiny_run, tmp_path):
     out_a, _ = tiny_run
     out_b = tmp_path / "killed"
-    script = ("import sys, torch; torch.set_num_threads(1); from edgenas import api; from tests.test_search import TINY; "
-              f"api.search(config=TINY, out=sys.argv[1], seed=0, resume=True)")
+    out_b.mkdir()
+    for name in ("config.json", "supernet.pt"):  # tiny_run's settings and supernet: the kill falls among candidates
+        shutil.copy(out_a / name, out_b / name)
+    script = ("import sys, torch; torch.set_num_threads(1); from edgenas import api; "
+              "from tests.tiny_settings import TINY; api.search(config=TINY, out=sys.argv[1], seed=0, resume=True)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", script, str(out_b)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -167,7 +160,8 @@ def test_existing_run_needs_resume_and_matching_settings(tiny_run, capsys):
 def test_unmeetable_accuracy_floor_reports_closest_candidates(tmp_path):
     from edgenas.errors import EdgenasError
     with pytest.raises(EdgenasError) as info:
-        api.search(config=TINY, out=tmp_path / "run", seed=0, min_accuracy=1.0)
+        # one generation of two: every candidate misses the floor, so two are enough to report the closest
+        api.search(config=replace(TINY, pop_size=2, n_gen=1), out=tmp_path / "run", seed=0, min_accuracy=1.0)
     assert info.value.exit_code != 0
     assert "no candidate meets the budgets" in info.value.problem and "accuracy by" in info.value.problem
     assert (tmp_path / "run" / "archive.jsonl").is_file()  # the evaluations are kept

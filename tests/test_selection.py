@@ -7,10 +7,10 @@ import torch
 
 from edgenas.errors import EdgenasError
 from edgenas.nn.early_exit import deployed_network
-from edgenas.report import accuracy_cell, write_pareto_plot, write_report
-from edgenas.search.driver import best_member, checkpoint_dict, load_candidate
+from edgenas.search.report import accuracy_cell, write_pareto_plot, write_report
+from edgenas.search.runfolder import best_member, checkpoint_dict, load_candidate
 from edgenas.search.pareto import choose_best
-from edgenas.search.runfolder import atomic_torch_save
+from edgenas.fileio import atomic_torch_save
 from edgenas.stats import accuracy_interval
 from edgenas.targets import load_target
 

@@ -11,10 +11,13 @@ from torch import nn
 
 from edgenas.errors import EdgenasError
 from edgenas.nn.sparsemax import sparsemax
-from edgenas.search.zodarts import (darts2_hypergradient, make_config, op_probabilities, retrain, search_zodarts,
-                                    sync_twin, temperature, unit_direction, zo_hypergradient)
+from edgenas.search.zodarts import make_config, search_zodarts
+from edgenas.search.zodarts_loop import (darts2_hypergradient, op_probabilities, sync_twin, temperature, unit_direction,
+                                         zo_hypergradient)
+from edgenas.train.retrain import retrain
 from edgenas.search.zodarts_budget import Macro, cell_costs, derive_cell
 from edgenas.spaces.nb201 import EDGES, OPS, Nb201Arch
+from tests.tiny_settings import ZODARTS_TINY
 
 
 # ------------------------------------------------------------------------------------------------ sparsemax
@@ -245,13 +248,10 @@ def test_discretise_repairs_a_disconnected_cell_with_the_most_likely_edge():
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-TINY = dict(C=4, N=1, resolution=8, batch_size=16, window=2, retrain_epochs=2, retrain_batch_size=32)
-
-
 @pytest.mark.parametrize("method", ["zodarts+", "zodarts", "darts1", "darts2"])
 def test_every_method_runs_and_is_deterministic(toy_data, method):
-    a = search_zodarts(toy_data, method=method, epochs=2, seed=3, **TINY)
-    b = search_zodarts(toy_data, method=method, epochs=2, seed=3, **TINY)
+    a = search_zodarts(toy_data, method=method, epochs=2, seed=3, **ZODARTS_TINY)
+    b = search_zodarts(toy_data, method=method, epochs=2, seed=3, **ZODARTS_TINY)
     assert a.genotype == b.genotype and a.alpha == b.alpha and a.retrain == b.retrain
     assert Nb201Arch.parse(a.genotype).is_connected()
     assert len(a.epoch_seconds) == 2 and all(s > 0 for s in a.epoch_seconds)
@@ -262,7 +262,7 @@ def test_every_method_runs_and_is_deterministic(toy_data, method):
     assert a.temperatures == ([1.5, 1.5] if method == "zodarts+" else [1.0, 1.0])
     assert 0.0 <= a.retrain["test_accuracy"] <= 1.0 and len(a.retrain["test_accuracy_per_exit"]) == 3
     assert not a.net.training
-    c = search_zodarts(toy_data, method=method, epochs=2, seed=4, **TINY)
+    c = search_zodarts(toy_data, method=method, epochs=2, seed=4, **ZODARTS_TINY)
     assert c.alpha != a.alpha
 
 
@@ -270,7 +270,8 @@ def test_retraining_learns_and_evaluates_in_eval_mode(toy_data):
     from edgenas.spaces.nb201 import EXAMPLE, build_early_exit_net
     torch.manual_seed(0)
     net = build_early_exit_net(EXAMPLE, 4, 1, 8, C=4, N=1)
-    out = retrain(net, toy_data, make_config(C=4, N=1, resolution=8, retrain_epochs=3, retrain_batch_size=16), seed=0)
+    out = retrain(net, toy_data, make_config(C=4, N=1, resolution=8, retrain_epochs=3, retrain_batch_size=16).retrain_config(),
+                  seed=0)
     assert not net.training
     assert out["test_accuracy"] == out["test_accuracy_per_exit"][-1] >= 0.9
     assert out["train_loss"][-1] < out["train_loss"][0]
@@ -286,7 +287,7 @@ def test_budget_multipliers_keep_the_expected_cell_within_the_budget(toy_data):
     # a latency budget just above the uniform cell's: the macro fits, a search that drifts to 3x3 convs does not
     budget_ms = 1.02e3 * costs.uniform()["latency_s"]
     tight = target_with_budgets(target, latency=f"{budget_ms}ms")
-    common = dict(method="darts1", epochs=2, seed=1, arch_lr=0.05, target=tight, **TINY)
+    common = dict(method="darts1", epochs=2, seed=1, arch_lr=0.05, target=tight, **ZODARTS_TINY)
     plain = search_zodarts(toy_data, penalty_step=0.0, **common)
     held = search_zodarts(toy_data, penalty_step=5.0, **common)
     assert plain.config["expected_over_budget"][-1]["latency_s"] > 1.0
@@ -300,29 +301,29 @@ def test_budget_multipliers_keep_the_expected_cell_within_the_budget(toy_data):
 
 def test_target_budgets_are_met_by_the_derived_network(toy_data):
     from edgenas.targets import load_target, target_with_budgets
-    res = search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, target="cortex-m7", **TINY)
+    res = search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, target="cortex-m7", **ZODARTS_TINY)
     # costed as deployed: the exit policy kept what its guard certifies (on 64 validation images, no exit)
     assert res.cost["n_exits"] == res.exits["n_exits"] and res.violations == {}
     assert res.config["macro_choice"].startswith("C=4 N=1 resolution=8: uniform cell latency")
     tight = target_with_budgets(load_target("cortex-m7"), latency="0.01ms", flash="1KB")
     with pytest.raises(EdgenasError, match="no zodarts macro with --C 4, --N 1, --resolution 8 fits cortex-m7"):
-        search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, target=tight, **TINY)
+        search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, target=tight, **ZODARTS_TINY)
 
 
 def test_run_folder_is_written_and_reloads(toy_data, tmp_path):
     out = tmp_path / "run"
-    res = search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, out_dir=out, **TINY)
+    res = search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, out_dir=out, **ZODARTS_TINY)
     summary = json.loads((out / "result.json").read_text())
     assert summary["genotype"] == res.genotype and summary["config"]["method"] == "zodarts+"
     assert json.loads((out / "pareto.json").read_text()) == {"members": [0]}
-    from edgenas.search.driver import load_candidate
+    from edgenas.search.runfolder import load_candidate
     net, record, _ = load_candidate(out)  # the path `edgenas export` takes
     assert record["id"] == 0 and net.n_exits == record.get("n_exits", 1) == res.net.n_exits
     assert list(net.thresholds) == pytest.approx(record["thresholds"])
     x = torch.rand(3, 1, 8, 8)
     assert torch.allclose(net(x)[0], res.net(x)[0])
     with pytest.raises(EdgenasError, match="not empty"):
-        search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, out_dir=out, **TINY)
+        search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, out_dir=out, **ZODARTS_TINY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left behind
 
 

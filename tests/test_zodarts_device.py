@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from edgenas import runtime
-from edgenas.search.zodarts import make_config, retrain, run_search_loop, search_zodarts
+from edgenas.search.zodarts import make_config, search_zodarts
+from edgenas.search.zodarts_loop import run_search_loop
+from edgenas.train.retrain import retrain
 from edgenas.search.zodarts_budget import Macro, cell_costs
 from edgenas.spaces.nb201 import EXAMPLE, build_early_exit_net
 from edgenas.ui import QuietUI
-from test_zodarts import TINY
+from tests.tiny_settings import ZODARTS_TINY
 
 
 def _history(h: dict) -> dict:
@@ -25,7 +27,7 @@ def _on_cpu(net) -> bool:
 
 @pytest.mark.parametrize("method", ["zodarts+", "darts2"])
 def test_search_loop_on_an_explicit_cpu_device_is_the_default_bit_for_bit(toy_data, method):
-    cfg = make_config(method=method, epochs=1, **TINY)
+    cfg = make_config(method=method, epochs=1, **ZODARTS_TINY)
     assert _history(run_search_loop(toy_data, cfg, 3, device="cpu")) == _history(run_search_loop(toy_data, cfg, 3))
 
 
@@ -33,7 +35,7 @@ def test_budget_penalty_follows_the_device_and_is_the_default_bit_for_bit(toy_da
     from edgenas.targets import load_target
     costs = cell_costs(Macro(4, 1, 8), load_target("cortex-m7"), 1, 4)
     limits = {"latency_s": 0.8 * costs.uniform()["latency_s"]}  # over budget from the start: the penalty turns on
-    cfg = make_config(method="darts1", epochs=1, penalty_step=5.0, **TINY)
+    cfg = make_config(method="darts1", epochs=1, penalty_step=5.0, **ZODARTS_TINY)
     explicit = run_search_loop(toy_data, cfg, 1, costs, limits, device="cpu")
     assert _history(explicit) == _history(run_search_loop(toy_data, cfg, 1, costs, limits))
     assert explicit["multipliers"][-1]["latency_s"] > 0.0
@@ -42,7 +44,7 @@ def test_budget_penalty_follows_the_device_and_is_the_default_bit_for_bit(toy_da
 def _retrained(data, **device):
     torch.manual_seed(0)
     net = build_early_exit_net(EXAMPLE, 4, 1, 8, C=4, N=1)
-    out = retrain(net, data, make_config(C=4, N=1, resolution=8, retrain_epochs=1, retrain_batch_size=16), seed=0,
+    out = retrain(net, data, make_config(C=4, N=1, resolution=8, retrain_epochs=1, retrain_batch_size=16).retrain_config(), seed=0,
                   **device)
     return net, out
 
@@ -70,7 +72,7 @@ class _ThreadsUI(QuietUI):
 def test_search_records_its_device_and_trains_with_the_job_threads(toy_data, tmp_path):
     before, ui = torch.get_num_threads(), _ThreadsUI()
     res = search_zodarts(toy_data, method="zodarts+", epochs=1, seed=0, out_dir=tmp_path / "run", ui=ui,
-                         device="cpu", **TINY)
+                         device="cpu", **ZODARTS_TINY)
     assert res.config["device"] == "cpu" and res.to_dict()["config"]["device"] == "cpu"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["device"] == "cpu"
     # search, retraining and exit fitting: one job, JOB_THREADS threads; the caller's count is restored after
@@ -83,12 +85,12 @@ def test_search_records_its_device_and_trains_with_the_job_threads(toy_data, tmp
 def test_cuda_search_and_retrain_run_on_the_gpu_and_hand_back_cpu_results(toy_data):
     device = runtime.resolve_device("cuda")
     runtime.use_deterministic_kernels(device)
-    cfg = make_config(method="zodarts+", epochs=1, **TINY)
+    cfg = make_config(method="zodarts+", epochs=1, **ZODARTS_TINY)
     a, b = run_search_loop(toy_data, cfg, 3, device=device), run_search_loop(toy_data, cfg, 3, device=device)
     assert a["alpha_updates"] == run_search_loop(toy_data, cfg, 3)["alpha_updates"]
     # the same seed: the same result up to the last bits of CUDA's atomic accumulations (runtime docstring)
     assert torch.allclose(torch.tensor(a["alpha"]), torch.tensor(b["alpha"]), atol=1e-4)
     net, out = _retrained(toy_data, device=device)
     assert _on_cpu(net) and 0.0 <= out["test_accuracy"] <= 1.0
-    res = search_zodarts(toy_data, method="darts1", epochs=1, seed=0, target="cortex-m7", device=device, **TINY)
+    res = search_zodarts(toy_data, method="darts1", epochs=1, seed=0, target="cortex-m7", device=device, **ZODARTS_TINY)
     assert res.config["device"] == device and _on_cpu(res.net) and res.violations == {}

@@ -5,7 +5,6 @@ The `*_cli` functions only add printing around the library call.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
@@ -17,117 +16,55 @@ def default_run_dir(target: str, method: str, dataset: str, seed: int) -> Path:
 
 
 def search(target: str | None = None, dataset: str | None = None, method: str = "nachos", out=None, seed: int = 0,
-           resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None,
-           pop_size=None, generations=None, supernet_steps=None, finetune_steps=None, finetune_members=None, epochs=None,
-           zo_variant="zodarts+", ui=None, config=None, workers=None, macro_c=None, macro_n=None, resolution=None,
-           executor=None, ray_address=None, device="auto"):
-    """Run a search and write its run folder. `config` (a SearchConfig) gives full control over every setting;
-    target and dataset default to the config's (SearchConfig's defaults: cortex-m7, mnist5k).
+           resume: bool = False, latency=None, sram=None, flash=None, macs=None, min_accuracy=None, space=None,
+           device="auto", ui=None, **options):
+    """Run a search with a registered method (search.methods) and write its run folder; returns the method's result.
 
-    workers, executor ("local" or "ray"), ray_address: where candidates are evaluated (search.executors); device:
-    "auto", "cpu", "cuda" or "cuda:N" (runtime.resolve_device). None of them changes the archive on the CPU."""
+    options: the method's own options (its Options dataclass: e.g. pop_size, workers, executor for nachos and
+    flatnas, epochs, zo_variant for zodarts; None = the method's default); an option of another method is an
+    EdgenasError. `config` (a SearchConfig) gives nachos/flatnas full control of every setting; target and dataset
+    then default to the config's (SearchConfig's defaults: cortex-m7, mnist5k). device: "auto", "cpu", "cuda" or
+    "cuda:N" (runtime.resolve_device); neither it nor the executor changes the archive on the CPU."""
     from edgenas.runtime import resolve_device
-    from edgenas.search.driver import SearchConfig, run_search
-    from edgenas.search.executors import ExecutorConfig
-    if method not in ("nachos", "flatnas", "zodarts"):
-        raise EdgenasError(f"unknown search method '{method}'", "use --method nachos, flatnas or zodarts")
-    cfg = config or SearchConfig()
-    target = cfg.target if target is None else target
-    dataset = cfg.dataset if dataset is None else dataset
-    device = resolve_device(device)
-    if method == "zodarts":
-        given = [name for name, v in (("--workers", workers), ("--executor", executor), ("--ray-address", ray_address))
-                 if v is not None]
-        if given:
-            raise EdgenasError(f"{'/'.join(given)} set(s) where candidates are evaluated; --method zodarts is one gradient "
-                               "search with no candidates to spread", f"drop {' '.join(given)} (--device chooses where it trains)")
-        if finetune_steps is not None or finetune_members is not None:
-            raise EdgenasError("--finetune-steps/--finetune-members do not apply to --method zodarts (it retrains the derived network)",
-                               "use --epochs for the search; the retraining recipe is in ZodartsConfig")
-        return _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy,
-                               epochs, zo_variant, ui, dict(C=macro_c, N=macro_n, resolution=resolution), device)
-    given = [name for name, v in (("--C", macro_c), ("--N", macro_n), ("--resolution", resolution)) if v is not None]
-    if given:
-        raise EdgenasError(f"{'/'.join(given)} set(s) the zodarts network; --method {method} searches its space's own "
-                           f"sizes", f"drop {' '.join(given)} or use --method zodarts")
-    changes = dict(target=target, dataset=dataset, method=method, seed=seed, latency=latency, sram=sram,
-                   flash=flash, macs=macs, min_accuracy=min_accuracy)
-    if pop_size is not None:
-        changes["pop_size"] = pop_size
-    if generations is not None:
-        changes["n_gen"] = generations
-    cfg = replace(cfg, **changes)
-    if supernet_steps is not None:
-        cfg = replace(cfg, supernet=replace(cfg.supernet, steps=supernet_steps))
-    if finetune_steps is not None:
-        cfg = replace(cfg, finetune=replace(cfg.finetune, steps=finetune_steps))
-    if finetune_members is not None:
-        cfg = replace(cfg, finetune_members=finetune_members)
-    for name, value in (("--pop-size", cfg.pop_size), ("--generations", cfg.n_gen), ("--supernet-steps", cfg.supernet.steps)):
-        if value < 1:
-            raise EdgenasError(f"{name} must be at least 1, got {value}", f"pass a positive {name}")
-    if cfg.finetune.steps < 0:
-        raise EdgenasError(f"--finetune-steps cannot be negative, got {cfg.finetune.steps}", "pass 0 (off) or more")
-    if cfg.min_accuracy is not None and not 0.0 <= cfg.min_accuracy <= 1.0:
-        raise EdgenasError(f"--min-accuracy must be a fraction in [0, 1], got {cfg.min_accuracy}", "e.g. --min-accuracy 0.9")
-    out = Path(out) if out else default_run_dir(cfg.target, method, cfg.dataset, seed)
-    pool = ExecutorConfig(executor or "local", workers, ray_address)  # run_search validates it before any work
-    return run_search(cfg, out, resume=resume, ui=ui, executor=pool, device=device)
-
-
-def _search_zodarts(target, dataset, out, seed, resume, latency, sram, flash, macs, min_accuracy, epochs, variant, ui,
-                    macro, device):
-    from edgenas.search.zodarts import search_zodarts
-    from edgenas.targets import load_target, target_with_budgets
-    if resume:
-        raise EdgenasError("--resume is not supported by --method zodarts (a run is one short gradient search)",
-                           "start a new run with another --out")
-    if epochs is not None and epochs < 1:
-        raise EdgenasError(f"--epochs must be at least 1, got {epochs}", "pass a positive --epochs")
-    tgt = target_with_budgets(load_target(target), latency=latency, sram=sram, flash=flash, macs=macs, min_accuracy=min_accuracy)
-    out = Path(out) if out else default_run_dir(target, variant, dataset, seed)
-    return search_zodarts(dataset, method=variant, epochs=epochs, seed=seed, target=tgt, out_dir=out, ui=ui,
-                          device=device, **macro)
+    from edgenas.search.driver import SearchConfig
+    from edgenas.search.methods import Problem, method_class, method_options
+    from edgenas.search.runfolder import RunFolder
+    cls = method_class(method)
+    opts = method_options(method, options)
+    base = getattr(opts, "config", None) or SearchConfig()
+    problem = Problem(target=base.target if target is None else target,
+                      dataset=base.dataset if dataset is None else dataset, space=space, seed=seed, latency=latency,
+                      sram=sram, flash=flash, macs=macs, min_accuracy=min_accuracy, resume=resume,
+                      device=resolve_device(device))
+    from edgenas.spaces import space_family
+    if problem.space is not None and space_family(problem.space) not in cls.spaces:
+        raise EdgenasError(f"--method {method} does not search the space '{problem.space}'",
+                           f"use --space {' or '.join(cls.spaces)}")
+    runner = cls(opts)
+    executor = opts.executor_config() if hasattr(opts, "executor_config") else None  # run_search validates it
+    out = Path(out) if out else default_run_dir(problem.target, runner.run_label(), problem.dataset, seed)
+    from edgenas.ui import QuietUI
+    return runner.run(problem, RunFolder(out), executor, ui or QuietUI())
 
 
 def search_cli(json_out: bool = False, **opts) -> None:
-    """Progress on stderr; the result on stdout: the Pareto table and summary lines, or with json_out one JSON
-    object (the members, or ZodartsResult.to_dict for --method zodarts) and nothing else."""
+    """Progress on stderr; the result on stdout: the method's table and summary lines, or with json_out one JSON
+    object (the method's result_json) and nothing else."""
     import json
 
-    from edgenas.report import members_json, print_members
+    from edgenas.search.methods import method_class
     from edgenas.ui import RichUI, make_console
     result = search(ui=RichUI(make_console(stderr=True)), **opts)
-    console = make_console()
-    if opts.get("method") == "zodarts":
-        if json_out:
-            print(json.dumps({**result.to_dict(), "run_dir": str(result.run_dir)}, indent=2))
-            return
-        ex = result.exits or {}
-        net = result.net_config
-        console.print(f"{result.method}: cell {result.genotype} (C={net.C} N={net.N} resolution={net.resolution}); test accuracy {ex.get('test_accuracy', float('nan')):.4f} "
-                      f"with {ex.get('n_exits', 1)} exits (expected MACs {ex.get('macs_expected', float('nan')):.0f} "
-                      f"of {ex.get('macs_worst', 0)}); search {result.search_seconds:.0f} s; "
-                      f"budget violations: {result.violations or 'none'}; run folder: {result.run_dir}", markup=False)
-        return
+    method = method_class(opts.get("method", "nachos"))()
     if json_out:
-        print(json.dumps({"run_dir": str(result.run_dir), "evaluations": result.evaluations,
-                          "new_evaluations": result.new_evaluations, "wall_seconds": result.wall_seconds,
-                          "hypervolume": result.hypervolume, "members": members_json(result.pareto)}, indent=2))
+        print(json.dumps(method.result_json(result), indent=2))
         return
-    print_members(result.pareto, console)
-    waiting = [m for m in result.pareto if m["weights"] == "inherited"]
-    if waiting and any(m["weights"] == "finetuned" for m in result.pareto):
-        console.print(f"{len(waiting)} of {len(result.pareto)} members still have inherited weights; "
-                      f"`edgenas search --resume --out {result.run_dir}` (same options) fine-tunes them", markup=False)
-    console.print(f"{result.evaluations} candidates evaluated ({result.new_evaluations} new) in "
-                  f"{result.wall_seconds:.0f} s; hypervolume {result.hypervolume:.4f}; run folder: {result.run_dir}",
-                  markup=False)
+    method.print_result(result, make_console())
 
 
 def export_cli(run_dir, candidate, out) -> None:
     if candidate is None:
-        from edgenas.search.driver import best_member
+        from edgenas.search.runfolder import best_member
         record, reason = best_member(run_dir)
         print(f"--best: {reason}")
         candidate = record["id"]
@@ -150,7 +87,7 @@ def export(run_dir, candidate: int | None = None, out=None):
     from edgenas import cost
     from edgenas.data import load_dataset, resize
     from edgenas.export import export_model
-    from edgenas.search.driver import load_candidate
+    from edgenas.search.runfolder import load_candidate
     net, record, config = load_candidate(run_dir, candidate)
     data = load_dataset(config["dataset"])
     res = net.input_shape[-1]
@@ -200,38 +137,13 @@ def _resolve_model(model) -> Path:
     if not path.exists():
         raise EdgenasError(f"{path} does not exist", "pass an export folder, an .onnx file or a run folder")
     if path.is_dir() and (path / "archive.jsonl").is_file():
-        from edgenas.search.driver import best_member
+        from edgenas.search.runfolder import best_member
         record, _ = best_member(path)
         out = path / f"export-{record['id']}"
         if not (out / "exits.json").is_file():
             export(path, record["id"], out)
         return out
     return path
-
-
-def _dataset_test_inputs(model_path: Path, n: int):
-    """Up to n test-split inputs of the model's dataset, spread over the exits they take (None: dataset unknown)."""
-    import numpy as np
-
-    from edgenas.compile.mcu import load_model_source, reference_outputs
-    from edgenas.data import load_dataset, resize
-    from edgenas.export.exits_json import EXITS_FILE, read_exits_json
-    folder = model_path if model_path.is_dir() else model_path.parent
-    if not (folder / EXITS_FILE).is_file():
-        return None
-    dataset = read_exits_json(folder).get("meta", {}).get("dataset")
-    if not dataset:
-        return None
-    src = load_model_source(model_path, "float32")
-    x = resize(load_dataset(dataset).test.x, src.input_shape[-1]).numpy().astype(np.float32)
-    _, exits = reference_outputs(src, x)
-    order = [np.flatnonzero(exits == e).tolist() for e in range(int(exits.max()) + 1)]
-    picked = []
-    while len(picked) < min(n, len(x)):  # round robin over exits: every exit taken by some input is exercised
-        for idx in order:
-            if idx and len(picked) < n:
-                picked.append(idx.pop(0))
-    return x[sorted(picked)]
 
 
 def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", dtype: str = "float32",
@@ -248,7 +160,8 @@ def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", d
                            "library build has no project worth keeping)", "drop --keep-failed")
     path = _resolve_model(model)
     beside = path.parent if path.is_file() else path
-    x = _dataset_test_inputs(path, test_inputs)
+    from edgenas.compile.test_inputs import dataset_test_inputs
+    x = dataset_test_inputs(path, test_inputs)
     if t.kind == "mcu":
         from edgenas.compile import compile_mcu
         return compile_mcu(path, t, Path(out) if out else beside / f"firmware-{t.name}", codegen=codegen, dtype=dtype,
@@ -290,7 +203,7 @@ def profile(artefact, target: str = "cortex-m7", device: str = "qemu", n_inputs:
     else:
         raise EdgenasError(f"unknown device '{device}'", "use qemu, serial:PORT, host or ssh:USER@HOST")
     if out is not None:
-        from edgenas.search.runfolder import atomic_write_json
+        from edgenas.fileio import atomic_write_json
         atomic_write_json(Path(out), json.loads(json.dumps(result, default=str)))
     return result
 

@@ -19,9 +19,29 @@ def cli():
     """Hardware-aware NAS for embedded devices: search, export, compile, profile, calibrate."""
 
 
-@cli.command()
+class SearchCommand(click.Command):
+    """`edgenas search` with the options of every registered search method (search.methods.option_fields) and the
+    registered methods and spaces as choices. They are added when the command is used, not when the CLI starts:
+    the registries import torch."""
+
+    def get_params(self, ctx):
+        if not getattr(self, "registries_read", False):
+            self.registries_read = True
+            from edgenas.search.methods import flag_of, list_methods, option_fields
+            by_name = {p.name: p for p in self.params}
+            by_name["method"].type = click.Choice(list_methods())
+            at = self.params.index(by_name["device"])
+            self.params[at:at] = [
+                click.Option([flag_of(f), f.name], default=None, help=f.metadata["help"],
+                             type=click.Choice(f.metadata["choices"]) if f.metadata["choices"] else f.metadata["type"])
+                for f in option_fields()]
+        return super().get_params(ctx)
+
+
+@cli.command(cls=SearchCommand)
 @click.option("--target", default="cortex-m7", show_default=True, help="Target name (see `edgenas targets`) or a .toml file.")
-@click.option("--method", type=click.Choice(["nachos", "flatnas", "zodarts"]), default="nachos", show_default=True)
+@click.option("--method", default="nachos", show_default=True, help="The search method (each takes its own options below).")
+@click.option("--space", default=None, help="Search space: mbv3 or nb201, with integer settings as nb201:C=8,N=2,resolution=16 (default: the method's own: mbv3 for nachos/flatnas, nb201 for zodarts).")
 @click.option("--dataset", default="mnist5k", show_default=True, help="mnist5k | digits | cifar10:DIR | imagefolder:DIR | medmnist:FILE.npz")
 @click.option("--out", default=None, help="Run folder (default runs/<target>-<method>-<dataset>-s<seed>).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -31,28 +51,8 @@ def cli():
 @click.option("--flash", default=None, help="Flash budget, e.g. 1MB.")
 @click.option("--macs", default=None, help="Expected-MACs budget, e.g. 2.5M.")
 @click.option("--min-accuracy", default=None, type=float, help="Accuracy floor (fraction, on validation).")
-@click.option("--pop-size", default=None, type=int, help="NSGA-II population size.")
-@click.option("--generations", default=None, type=int, help="NSGA-II generations.")
-@click.option("--supernet-steps", default=None, type=int, help="Supernet training steps (optimiser updates; default 600).")
-@click.option("--finetune-steps", default=None, type=int,
-              help="Fine-tuning steps of each Pareto member before export (default 600; 0: ship inherited weights).")
-@click.option("--finetune-members", type=click.Choice(["best", "all"]), default=None,
-              help="best (default): fine-tune the member `export --best` takes now, the rest on --resume; all: every member now.")
-@click.option("--epochs", default=None, type=int, help="zodarts: search epochs.")
-@click.option("--workers", default=None, type=int,
-              help="Parallel candidate evaluations (default: one per core, at most 4); the result does not depend on it.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
-              help="Where candidates are evaluated: local worker processes (default) or Ray tasks (pip install 'edgenas[ray]').")
-@click.option("--ray-address", default=None,
-              help="ray: the cluster, auto or HOST:PORT (default: start a Ray instance on this machine).")
 @click.option("--device", default="auto", show_default=True,
               help="auto | cpu | cuda | cuda:N: where training and evaluation run (auto: CUDA when torch sees a GPU).")
-@click.option("--C", "macro_c", default=None, type=int,
-              help="zodarts: stage-1 channels (default: the largest macro that fits the target's budgets).")
-@click.option("--N", "macro_n", default=None, type=int, help="zodarts: cells per stage (default: fitted, as --C).")
-@click.option("--resolution", default=None, type=int, help="zodarts: input side in pixels (default: fitted, as --C).")
-@click.option("--zo-variant", type=click.Choice(["zodarts+", "zodarts", "darts1", "darts2"]), default="zodarts+",
-              show_default=True, help="zodarts: the estimator (ZO-DARTS+, ZO-DARTS, DARTS 1st/2nd order baselines).")
 @click.option("--json", "json_out", is_flag=True,
               help="Print the result as JSON on stdout (the Pareto members with their figures); progress stays on stderr.")
 def search(**opts):

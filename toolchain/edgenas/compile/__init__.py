@@ -3,8 +3,10 @@
 Modules: `lowering` (ONNX -> Relax -> fused TIR kernels, read into plain data), `memplan` (one activation arena,
 offsets from buffer lifetimes), `cdriver` (generated C: weights, driver, exit logic, API header), `firmware`
 (project files, arm-none-eabi-gcc build, size report), `mcu` (`compile_mcu`, the whole pipeline), `host`
-(`compile_host`: Relax VM library for x86 / Cortex-A, exits composed with relax.If, static aarch64 check), `outputs`
-(the output folder: created up front, removed with its new parents on failure, TVM's messages in build.log).
+(`compile_host`: Relax VM library for x86 / Cortex-A, exits composed with relax.If), `host_checks` (its checks: the
+VM library here, the static C driver under qemu-user), `harness_report` (the report the test harnesses print),
+`test_inputs` (the inputs a build is checked on), `outputs` (the output folder: created up front, removed with its
+new parents on failure, TVM's messages in build.log; what both compilers write into it).
 Names resolve lazily so that importing `edgenas.compile` imports neither TVM nor onnx.
 """
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from edgenas.agreement import LOGIT_TOLERANCE
 from edgenas.compile.lowering import C_TYPES, DL_TYPES, StageProgram, TensorSpec
 from edgenas.compile.memplan import ArenaPlan
 
@@ -169,6 +170,7 @@ def config_h(arena_bytes: int, workspace_bytes: int, n_tests: int) -> str:
 #define EDGENAS_ARENA_BYTES {max(arena_bytes, 16)}
 #define EDGENAS_WORKSPACE_BYTES {max(workspace_bytes, 16)} /* pool for TVMBackendAllocWorkspace (kernel scratch) */
 #define EDGENAS_N_TESTS {n_tests}
+#define EDGENAS_LOGIT_TOLERANCE {LOGIT_TOLERANCE!r}f /* the harness's check: edgenas.agreement.LOGIT_TOLERANCE */
 #endif
 """
 

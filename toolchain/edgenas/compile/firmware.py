@@ -24,7 +24,6 @@ from string import Template
 from typing import Mapping, Sequence
 
 from edgenas.errors import EdgenasError
-from edgenas.profile.qemu import qemu_command
 
 GCC = "arm-none-eabi-gcc"
 SIZE = "arm-none-eabi-size"
@@ -42,6 +41,7 @@ STACK_BYTES = 16384  # main stack reserve (kernels keep register tiles and small
 TVM_HEADERS = {"tvm_ffi": ("dlpack/dlpack.h", "tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h"),
                "tvm": ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h")}
 FIXED_SOURCES = ("startup.c", "tvm_stubs.c", "harness.c", "uart_retarget.c")
+FIXED_HEADERS = ("harness_report.h",)  # included by harness.c and hosted_main.c
 GENERATED_SOURCES = ("model.c", "weights.c", "test_io.c")
 VARIANTS = {"qemu": ("firmware", ()), "board": ("firmware-board", ("-DEDGENAS_BOARD",))}
 
@@ -82,6 +82,14 @@ def link_flags(stem: str) -> list[str]:
     # nosys, not rdimon: semihosting would give the firmware the host's files (uart_retarget.c does stdout and exit)
     return ["-nostartfiles", "--specs=nosys.specs", "-T", f"{stem}.ld", "-Wl,--gc-sections", f"-Wl,-Map={stem}.map",
             "-lm", "-lc", "-lnosys"]
+
+
+def qemu_command(elf: Path, machine: str, icount_shift: int = 0) -> list[str]:
+    """QEMU running a firmware image with nothing of the host: no semihosting, network, monitor or display; the
+    UART on stdout; the firmware's reset request ends QEMU (-no-reboot). `make run` and edgenas.profile use it."""
+    return [QEMU, "-M", machine, "-nodefaults", "-nic", "none", "-display", "none", "-monitor", "none",
+            "-serial", "stdio", "-semihosting-config", "enable=off", "-no-reboot",
+            "-icount", f"shift={icount_shift}", "-kernel", str(elf)]
 
 
 # ------------------------------------------------------------------------------------------------ project files
@@ -136,8 +144,8 @@ clean:
 
 
 def copy_fixed_files(project: Path, names=FIXED_SOURCES) -> None:
-    """The fixed C sources `names` (from mcu_files/) and the TVM runtime headers the kernels include."""
-    for name in names:
+    """The fixed C sources `names` and headers (from mcu_files/) and the TVM runtime headers the kernels include."""
+    for name in (*names, *FIXED_HEADERS):
         (project / name).write_text((files("edgenas.compile") / "mcu_files" / name).read_text())
     import tvm
     import tvm_ffi

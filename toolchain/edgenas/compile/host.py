@@ -27,10 +27,10 @@ Output folder (written to a temp folder and renamed into place only when every c
                      (lowering, memplan, cdriver) with the TVM kernels for the target CPU and a hosted main
                      (mcu_files/hosted_main.c), linked -static and run under qemu-aarch64
 
-Checks: on the host the library itself runs every test input (same exit as onnxruntime on all, max |logit
-difference| <= 1e-4) and the VM is instrumented to count kernel calls per exit (early exits must call fewer
-kernels). On a Cortex-A target the static executable runs under qemu-aarch64 with the same criteria; without
-qemu-aarch64 the check is recorded as not run, with the reason.
+Checks (host_checks.py): on the host the library itself runs every test input (same exit as onnxruntime on all,
+max |logit difference| <= edgenas.agreement.LOGIT_TOLERANCE on them) and the VM is instrumented to count kernel calls
+per exit (early exits must call fewer kernels). On a Cortex-A target the static executable runs under qemu-aarch64
+with the same criteria; without qemu-aarch64 the check is recorded as not run, with the reason.
 """
 from __future__ import annotations
 
@@ -46,23 +46,24 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from edgenas.agreement import LOGIT_TOLERANCE
+from edgenas.compile.host_checks import (RELAX_ENTRY, build_static_check, check_host_library, run_static_check,
+                                         static_project)
+from edgenas.compile.outputs import (check_replaceable, check_target_kind, publish_project, reference_document,
+                                     sha256_of)
+from edgenas.compile.test_inputs import checked_test_inputs, default_test_inputs
 from edgenas.errors import EdgenasError
+from edgenas.targets import as_target
 
 REPORT_FILE = "build.json"
 LIBRARY_FILE = "model.so"
 ONNX_FILE = "model.onnx"
 STATIC_DIR = "static"
-STATIC_EXE = "edgenas-check"
 FORMAT = "edgenas-relax-build/1"
-LOGIT_TOLERANCE = 1e-4
 TARGET_KINDS = ("host", "cortex-a")
 # LLVM triple -> cross compiler, and the Debian package that ships it (+ its static C library).
 CROSS_GCC = {"aarch64-linux-gnu": ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
              "arm-linux-gnueabihf": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross")}
-QEMU_USER = {"aarch64-linux-gnu": "qemu-aarch64", "arm-linux-gnueabihf": "qemu-arm"}
-QEMU_PACKAGE = "qemu-user"
-DEFAULT_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # random inputs at several scales reach more exits
-RELAX_ENTRY = "main"
 TUNED_OPS = ("conv2d", "matmul")  # the kernels worth MetaSchedule trials; the others keep their default schedule
 TUNING_TIMEOUT_S = 300.0
 MIN_TRIALS_PER_TASK = 4
@@ -81,10 +82,10 @@ class HostBuildReport:
     onnx_model: str
     n_stages: int
     n_classes: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]     # NCHW, batch 1: the library runs one input at a time
     thresholds: tuple[float, ...]
     tune_trials: int
-    tuning_seconds: float
+    tuning_seconds: float            # tuning plus the build of the tuned kernels (0 without tuning)
     compile_seconds: float
     n_test_inputs: int
     check: dict              # how the build was checked against onnxruntime, and the result
@@ -112,18 +113,6 @@ class HostBuildReport:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def _as_target(target):
-    from edgenas.targets import load_target
-    return load_target(target) if isinstance(target, (str, Path)) else target
-
-
-def _check_target(target) -> None:
-    if target.kind not in TARGET_KINDS:
-        raise EdgenasError(f"target {target.name} is a {target.kind} target; compile_host builds for "
-                           f"{' and '.join(TARGET_KINDS)} targets",
-                           "compile MCU targets (e.g. cortex-m7) with the firmware compiler")
-
-
 def cross_toolchain(target) -> tuple[str, str] | None:
     """(cross gcc path, triple) for a Cortex-A target, None for the host. Missing tools -> EdgenasError."""
     if target.kind != "cortex-a":
@@ -144,12 +133,6 @@ def cross_toolchain(target) -> tuple[str, str] | None:
     return path, triple
 
 
-def _fresh_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / REPORT_FILE).exists())):
-        raise EdgenasError(f"{out_dir} exists and is not an edgenas build folder",
-                           "choose a new output folder (an earlier build folder is replaced)")
-
-
 def _load_stage_models(src) -> list:
     from edgenas.export.checks import load_onnx, count_ops
 
@@ -159,13 +142,6 @@ def _load_stage_models(src) -> list:
                            "pass the export folder (exits.json + stages/): TVM's ONNX `If` import runs both "
                            "branches, so edgenas composes the exits from the stage files")
     return models
-
-
-def default_test_inputs(input_shape: Sequence[int], n_per_scale: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    sample = tuple(input_shape[1:])
-    return np.concatenate([rng.standard_normal((n_per_scale, *sample)).astype(np.float32) * np.float32(s)
-                           for s in DEFAULT_SCALES])
 
 
 # ------------------------------------------------------------------------------------------------ Relax
@@ -275,114 +251,6 @@ def build_relax(mod, tvm_target: Mapping[str, Any], tune_trials: int, work_dir: 
                            "are installed, or compile with --tune-trials 0") from None
 
 
-# ------------------------------------------------------------------------------------------------ checks
-def run_library(library: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Run every input through the VM library (this machine's architecture): logits, exits, kernel calls per input.
-
-    Kernel calls are counted with a VM instrument: a called function is a TIR kernel when the library's compiled
-    code implements it (VM builtins `vm.*` and the Relax stage / exit-chain functions are not kernels).
-    """
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cpu()
-    lib = tvm.runtime.load_module(str(library))
-    kernels = lib.imports[0] if lib.imports else lib
-    vm = relax.VirtualMachine(lib, dev)
-    calls = [0]
-
-    def count(func, name, before_run, ret, *args):
-        if before_run and not name.startswith("vm.") and kernels.implements_function(name):
-            calls[0] += 1
-        return relax.VMInstrumentReturnKind.NO_OP
-
-    vm.set_instrument(count)
-    logits, exits, n_calls = [], [], []
-    for k in range(x.shape[0]):
-        calls[0] = 0
-        lg, ex = vm[RELAX_ENTRY](tvm.runtime.tensor(np.ascontiguousarray(x[k:k + 1], dtype=np.float32)))
-        logits.append(lg.numpy().reshape(-1))
-        exits.append(int(ex.numpy().reshape(-1)[0]))
-        n_calls.append(calls[0])
-    return np.stack(logits), np.asarray(exits, np.int64), n_calls
-
-
-def _agreement(logits, exits, ref_logits, ref_exits) -> dict:
-    same = exits == ref_exits
-    diff = float(np.max(np.abs(logits - ref_logits))) if len(exits) else 0.0
-    return {"n_inputs": int(len(exits)), "exit_agreement": float(same.mean()) if len(exits) else 1.0,
-            "max_abs_diff": diff, "tolerance": LOGIT_TOLERANCE, "exits_exercised": sorted(set(exits.tolist())),
-            "passed": bool(len(exits)) and bool(same.all()) and diff <= LOGIT_TOLERANCE}
-
-
-def check_host_library(library: Path, x, ref_logits, ref_exits) -> dict:
-    logits, exits, n_calls = run_library(library, x)
-    check = {"ran": True, "method": "tvm-relax-vm on this machine", **_agreement(logits, exits, ref_logits, ref_exits)}
-    per_exit: dict[int, set[int]] = {}
-    for e, c in zip(exits.tolist(), n_calls):
-        per_exit.setdefault(e, set()).add(c)
-    check["kernel_calls_per_exit"] = {str(e): sorted(v)[0] if len(v) == 1 else sorted(v)
-                                      for e, v in sorted(per_exit.items())}
-    return check
-
-
-def _static_project(src, stage_models, target, x, ref_logits, ref_exits, project: Path) -> None:
-    """The MCU compiler's static C driver + the TVM kernels for the target CPU + a hosted main."""
-    from edgenas.compile import cdriver, firmware
-    project.mkdir(parents=True)
-    cdriver.driver_project(stage_models, src.stages, src.thresholds, src.n_classes, src.input_shape, x, ref_logits,
-                           ref_exits, "llvm", target.tvm_target, project)
-    firmware.copy_fixed_files(project, ("hosted_main.c", "tvm_stubs.c"))
-
-
-STATIC_SOURCES = ("hosted_main.c", "tvm_stubs.c", "model.c", "weights.c", "test_io.c")
-
-
-def static_build_command(gcc: str) -> list[str]:
-    return [gcc, "-O2", "-static", "-DEDGENAS_PROFILE", "-I.", "-Iinclude", *STATIC_SOURCES, "kernels.o", "-lm",
-            "-o", STATIC_EXE]
-
-
-def build_static_check(project: Path, gcc: str) -> Path:
-    out = subprocess.run(static_build_command(gcc), cwd=project, capture_output=True, text=True)
-    if out.returncode != 0:
-        lines = [ln for ln in (out.stderr + out.stdout).splitlines() if "error" in ln.lower()] or \
-            (out.stderr + out.stdout).splitlines()
-        raise EdgenasError(f"linking the static check executable failed: {' | '.join(lines[:3])[:400]}",
-                           f"rerun `{' '.join(static_build_command(Path(gcc).name))}` in {project} to see why")
-    return project / STATIC_EXE
-
-
-def run_static_check(exe: Path, triple: str, ref_logits, ref_exits, timeout_s: float = 300.0) -> dict:
-    """Run the static executable under qemu-user and compare it with the onnxruntime reference."""
-    from edgenas.profile.mcu_report import parse_report
-
-    qemu = QEMU_USER[triple]
-    if shutil.which(qemu) is None:
-        return {"ran": False, "method": f"{qemu} static C driver",
-                "reason": f"{qemu} not found (install the Debian package {QEMU_PACKAGE})"}
-    try:
-        run = subprocess.run([qemu, str(exe), "3"], capture_output=True, text=True, timeout=timeout_s,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise EdgenasError(f"{qemu} {exe.name} did not finish in {timeout_s:g} s",
-                           "check the executable by hand; report this model") from None
-    report = parse_report(run.stdout + run.stderr)
-    logits = np.asarray([r.logits for r in report.inputs], dtype=np.float32)
-    exits = np.asarray([r.exit for r in report.inputs], dtype=np.int64)
-    check = {"ran": True, "method": f"{qemu} static C driver (TVM kernels for the target CPU)",
-             **_agreement(logits, exits, ref_logits, ref_exits),
-             "kernel_errors": sum(1 for r in report.inputs if r.rc != 0), "exit_code": run.returncode,
-             "stages_run_per_exit": {str(r.exit): len(r.stages) for r in report.inputs},
-             "emulated_ns_per_exit": {}}
-    for r in report.inputs:
-        check["emulated_ns_per_exit"].setdefault(str(r.exit), []).append(r.total)
-    check["emulated_ns_per_exit"] = {e: float(np.median(v)) for e, v in sorted(check["emulated_ns_per_exit"].items())}
-    check["note"] = "emulated_ns are qemu-user wall-clock times on this machine, not Cortex-A latencies"
-    check["passed"] = check["passed"] and check["kernel_errors"] == 0 and run.returncode == 0
-    return check
-
-
 # ------------------------------------------------------------------------------------------------ compile
 def _onnx_for_ort(path: Path, src, stage_models, dst: Path) -> None:
     """The nested-If graph of the export (or the plain model) for onnxruntime, next to the library."""
@@ -411,24 +279,23 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
     candidates are measured on this machine). Raises EdgenasError, leaving nothing behind, on bad input, a missing
     toolchain or a build that disagrees with onnxruntime.
     """
-    from edgenas.compile.mcu import (_test_inputs, load_model_source, publish_project, reference_document,
-                                     reference_outputs)
-    from edgenas.profile.artefact import sha256_of
+    from edgenas.compile.mcu import load_model_source, reference_outputs
 
-    target = _as_target(target)
-    _check_target(target)
+    target = as_target(target)
+    check_target_kind(target, TARGET_KINDS, f"; compile_host builds for {' and '.join(TARGET_KINDS)} targets",
+                      "compile MCU targets (e.g. cortex-m7) with the firmware compiler")
     if tune_trials < 0:
         raise EdgenasError(f"--tune-trials must be >= 0, got {tune_trials}", "pass 0 (no tuning) or a trial count")
     if tune_trials and target.kind != "host":
         raise EdgenasError(f"MetaSchedule tuning for {target.name} needs measurements on the board itself",
                            "compile with --tune-trials 0 here, or run `edgenas compile --tune-trials N` on the board")
     out_dir = Path(out_dir)
-    _fresh_out_dir(out_dir)
+    check_replaceable(out_dir, REPORT_FILE, "build")
     cross = cross_toolchain(target)
     src = load_model_source(Path(model_path), "float32")
     stage_models = _load_stage_models(src)
-    x = _test_inputs(test_inputs if test_inputs is not None else default_test_inputs(src.input_shape),
-                     src.input_shape)
+    x = checked_test_inputs(test_inputs if test_inputs is not None else default_test_inputs(src.input_shape),
+                            src.input_shape)
     ref_logits, ref_exits = reference_outputs(src, x)
     mod, _ = compose_relax(src, stage_models)
     tvm_target = tvm_target_for(target)
@@ -450,7 +317,7 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
                                "check the C compiler (gcc on the host, the cross gcc for Cortex-A)") from None
         compile_s = time.perf_counter() - t0
         if cross:
-            _static_project(src, stage_models, target, x, ref_logits, ref_exits, tmp / STATIC_DIR)
+            static_project(src, stage_models, target, x, ref_logits, ref_exits, tmp / STATIC_DIR)
             exe = build_static_check(tmp / STATIC_DIR, cross[0])
             check = run_static_check(exe, cross[1], ref_logits, ref_exits, qemu_timeout_s)
             arch = cross[1].split("-")[0]

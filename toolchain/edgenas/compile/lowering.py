@@ -60,10 +60,10 @@ class KernelCall:
 class StageProgram:
     """Stage i as plain data: run `calls` in order; `outputs` are (h_out, logits, conf) or (logits,)."""
     index: int
-    prefix: str
+    prefix: str                              # of the stage's C symbols
     input: str
     outputs: tuple[str, ...]
-    tensors: Mapping[str, TensorSpec]
+    tensors: Mapping[str, TensorSpec]        # every tensor a call reads or writes, by name
     calls: tuple[KernelCall, ...]
     constants: Mapping[str, np.ndarray] = field(repr=False)
     kernels: tuple[str, ...]

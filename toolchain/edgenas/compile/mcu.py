@@ -23,20 +23,18 @@ pipeline does not provide; the size report of an int8 build shows this plainly (
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from edgenas.compile.outputs import REFERENCE_FILE, reference_document
+from edgenas.compile.test_inputs import checked_test_inputs
 from edgenas.errors import EdgenasError
 
 CODEGENS = ("llvm", "c")
 DTYPES = ("float32", "int8")
-DEFAULT_TEST_INPUTS = 4
-REFERENCE_FILE = "reference.json"
 REPORT_FILE = "firmware.json"
 
 
@@ -198,19 +196,6 @@ def _run_export(run: Path) -> Path:
                        f"({', '.join(p.name for p in found[:4])})", "pass the export folder of the one to compile")
 
 
-def _test_inputs(x: np.ndarray | None, input_shape: Sequence[int]) -> np.ndarray:
-    sample = tuple(input_shape[1:])
-    if x is None:
-        return np.random.default_rng(0).standard_normal((DEFAULT_TEST_INPUTS, *sample)).astype(np.float32)
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == len(input_shape) + 1 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != len(input_shape) or tuple(x.shape[1:]) != sample or x.shape[0] < 1:
-        raise EdgenasError(f"test inputs of shape {list(x.shape)} do not fit the model input {list(input_shape)}",
-                           f"pass an array of shape (N, {', '.join(map(str, sample))}) with N >= 1")
-    return np.ascontiguousarray(x)
-
-
 def reference_outputs(src: ModelSource, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime on the stage chain with the exit rule in float32, exactly as the C driver applies it."""
     import onnxruntime as ort
@@ -271,18 +256,6 @@ def predicted_costs(src: ModelSource, target, dtype: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ compile
-def _check_target(target) -> None:
-    if target.kind != "mcu":
-        raise EdgenasError(f"target {target.name} is a {target.kind} target, not an MCU",
-                           "compile MCU firmware for an MCU target (e.g. cortex-m7), or use the host/Cortex-A compiler")
-
-
-def _fresh_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / REPORT_FILE).exists())):
-        raise EdgenasError(f"{out_dir} exists and is not an edgenas firmware folder",
-                           "choose a new output folder (an earlier firmware folder is replaced)")
-
-
 def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str = "float32",
                 test_inputs: np.ndarray | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
                 build_board: bool = True, keep_failed: bool = False) -> FirmwareReport:
@@ -296,21 +269,22 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
     kept in `out_dir`. TVM's and LLVM's messages go to `build.log` in the project, not to the terminal.
     """
     from edgenas.compile import cdriver, firmware
-    from edgenas.compile.outputs import OutputFolder
+    from edgenas.compile.outputs import OutputFolder, check_replaceable, check_target_kind, publish_project
 
     if codegen not in CODEGENS:
         raise EdgenasError(f"unknown codegen '{codegen}'", f"use one of {', '.join(CODEGENS)}")
     if dtype not in DTYPES:
         raise EdgenasError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
-    _check_target(target)
+    check_target_kind(target, ("mcu",), ", not an MCU",
+                      "compile MCU firmware for an MCU target (e.g. cortex-m7), or use the host/Cortex-A compiler")
     out_dir = Path(out_dir)
-    _fresh_out_dir(out_dir)
+    check_replaceable(out_dir, REPORT_FILE, "firmware")
     gcc = firmware.require_tool(firmware.GCC)
     firmware.require_newlib(gcc, firmware.cpu_flags(target))
     firmware.require_tool(firmware.SIZE)
 
     src = load_model_source(Path(model_or_run), dtype)
-    x = _test_inputs(test_inputs, src.input_shape)
+    x = checked_test_inputs(test_inputs, src.input_shape)
     if reference is None:
         ref_logits, ref_exits = reference_outputs(src, x)
     else:
@@ -396,22 +370,6 @@ def _check_weights_fit_the_link(target, weight_bytes: int, work) -> None:
         raise EdgenasError(problem, f"shrink the model (fewer channels or exits) or pick a larger target; kept in "
                                     f"{kept} (not linked: over the QEMU image's flash) because --keep-failed")
     raise EdgenasError(problem, "shrink the model (fewer channels or exits) or pick a larger target")
-
-
-def reference_document(x: np.ndarray, ref_logits: np.ndarray, ref_exits: np.ndarray, **extra) -> dict:
-    """reference.json: the embedded test inputs and onnxruntime's outputs for them (what `profile` checks against)."""
-    return {"inputs": x.reshape(x.shape[0], -1).tolist(), **extra, "logits": ref_logits.tolist(),
-            "exits": ref_exits.tolist(), "source": "onnxruntime, stage chain, exit rule in float32"}
-
-
-def publish_project(tmp: Path, out_dir: Path, report_file: str, report: dict, reference: dict) -> None:
-    """Write the report and reference.json into the finished project, then rename it into place (atomic)."""
-    (tmp / report_file).write_text(json.dumps(report, indent=2) + "\n")
-    (tmp / REFERENCE_FILE).write_text(json.dumps(reference) + "\n")
-    os.chmod(tmp, 0o755)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
 
 
 def _macs_from_prediction(predicted: dict | None) -> tuple[int, ...] | None:

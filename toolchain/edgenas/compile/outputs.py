@@ -3,16 +3,22 @@
     with OutputFolder(out_dir, keep_failed=False) as work:   # parents created, work.tmp = the project being built
         with work.captured_log():                               # TVM/LLVM's native stderr and warnings -> build.log
             ...build into work.tmp...
-        publish_project(work.tmp, out_dir, ...)                  # rename into place
+        publish_project(work.tmp, out_dir, ...)                  # report files, then rename into place
         work.published = True                                   # (or work.keep() for a failed one, --keep-failed)
 
 A compile that fails leaves nothing: the temporary project and every parent folder it created are removed. The
 build log goes with the project on success; on failure, when it holds anything, it is moved to the system's temp
 folder (not beside --out: bad input leaves nothing in the user's folders) and its path is added to the error.
+
+Shared by both compilers (`mcu`, `host`): the checks before a build (`check_target_kind`, `check_replaceable`), the
+files every compiled folder holds (`reference_document`, `publish_project`) and the digest `sha256_of` that the
+report records for the files `profile` loads.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -21,9 +27,10 @@ import warnings
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
-from edgenas.paths import missing_folders, nearest_existing, remove_created
+from edgenas.fileio import missing_folders, nearest_existing, publish_folder, remove_created
 
 LOG_FILE = "build.log"
+REFERENCE_FILE = "reference.json"
 
 
 class OutputFolder:
@@ -74,9 +81,7 @@ class OutputFolder:
 
     def keep(self) -> Path:
         """--keep-failed: move the failed project to out_dir (replacing an earlier one) and return it."""
-        if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self.tmp, self.out_dir)
+        publish_folder(self.tmp, self.out_dir)
         self.published = True
         return self.out_dir
 
@@ -140,3 +145,40 @@ def external_build(out_dir: Path):
             log.unlink()
         raise
     shutil.move(str(log), out_dir / LOG_FILE)
+
+
+# ------------------------------------------------------------------------------------------------ both compilers
+def check_target_kind(target, kinds: tuple[str, ...], what_else: str, fix: str) -> None:
+    """Refuse a target whose kind this compiler does not build; `what_else` ends the problem's sentence."""
+    if target.kind not in kinds:
+        raise EdgenasError(f"target {target.name} is a {target.kind} target{what_else}", fix)
+
+
+def check_replaceable(out_dir: Path, report_file: str, folder_kind: str) -> None:
+    """An existing `out_dir` is replaced only when it is empty or an earlier folder of this compiler (it holds
+    `report_file`): anything else would be deleted."""
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / report_file).exists())):
+        raise EdgenasError(f"{out_dir} exists and is not an edgenas {folder_kind} folder",
+                           f"choose a new output folder (an earlier {folder_kind} folder is replaced)")
+
+
+def reference_document(x, ref_logits, ref_exits, **extra) -> dict:
+    """reference.json: the embedded test inputs and onnxruntime's outputs for them (what `profile` checks against)."""
+    return {"inputs": x.reshape(x.shape[0], -1).tolist(), **extra, "logits": ref_logits.tolist(),
+            "exits": ref_exits.tolist(), "source": "onnxruntime, stage chain, exit rule in float32"}
+
+
+def publish_project(tmp: Path, out_dir: Path, report_file: str, report: dict, reference: dict) -> None:
+    """Write the report and reference.json into the finished project, then rename it into place (atomic)."""
+    (tmp / report_file).write_text(json.dumps(report, indent=2) + "\n")
+    (tmp / REFERENCE_FILE).write_text(json.dumps(reference) + "\n")
+    os.chmod(tmp, 0o755)
+    publish_folder(tmp, out_dir)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,8 +18,9 @@ import math
 from dataclasses import dataclass
 
 from edgenas.errors import EdgenasError
+from edgenas.targets import OPERATOR_KINDS
 
-LAYER_KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act", "reshape", "concat", "other")
+LAYER_KINDS = OPERATOR_KINDS  # defined with the latency model, whose coefficients are keyed by them
 PARTS = ("segment", "head")
 
 

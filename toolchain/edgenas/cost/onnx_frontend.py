@@ -11,12 +11,19 @@ its layers all count as the last segment (its head cannot be told apart from the
 changes labels only, not per-exit totals). Nodes after the outermost `If` that only pass its results on are ignored.
 
 Nodes computed from constants only (Shape, shape arithmetic, Constant) are folded away, as a deployment would.
+Every other node is costed by the handler its op type maps to (_HANDLERS), which applies the rules shared with the
+torch front end (edgenas.cost.layer_rules).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from edgenas.cost.graph import CostGraph, Layer, validate
+from edgenas.cost.graph import CostGraph, validate
+from edgenas.cost.onnx_graph import (ancestors, attr_graph, attr_int, descendants, outer_refs, subgraphs, value_shape,
+                                     with_visible_constants)
+from edgenas.cost.layer_rules import (PendingLayer, conv_rule, fold_batchnorm, fold_bias, linear_macs, mean_kind,
+                                      unfolded_batchnorm_params)
 from edgenas.errors import EdgenasError
 
 _ACT_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Softmax", "Elu", "Selu",
@@ -27,14 +34,12 @@ _ALIAS_OPS = {"Identity", "Dropout"}
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "PRelu"}
 _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div"}
 # Operators without weights or MACs that the latency model costs by the bytes they move (kind "other"). An
-# operator in none of these sets is unknown: its MACs and weights are not counted, and `analyze` says so.
+# operator without a handler (_HANDLERS) is unknown: its MACs and weights are not counted, and `analyze` says so.
 _DATA_OPS = {"Transpose", "Slice", "Split", "Pad", "Resize", "Upsample", "Cast", "Expand", "Tile", "DepthToSpace",
              "SpaceToDepth", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ArgMax", "ArgMin", "Sqrt", "Pow",
              "Neg", "Abs", "Reciprocal", "Log", "Max", "Min", "Sum", "Equal", "Greater", "Less", "GreaterOrEqual",
              "LessOrEqual", "Not", "And", "Or", "Where", "Floor", "Ceil", "Round", "Sign", "QuantizeLinear",
              "DequantizeLinear", "ConstantOfShape", "Range", "If", "Gather"}
-_KNOWN_OPS = (_ACT_OPS | _RESHAPE_OPS | _POOL_OPS | _ALIAS_OPS | _WEIGHT_OPS | _ELEMENTWISE_OPS | _DATA_OPS
-              | {"Constant", "Shape", "Size", "BatchNormalization", "GlobalAveragePool", "ReduceMean", "Concat"})
 
 
 def check_opset(model, name: str) -> None:
@@ -60,7 +65,7 @@ def from_onnx(model) -> CostGraph:
         model = _load(model)
     check_opset(model, name)
     try:
-        inferred = shape_inference.infer_shapes(_with_visible_constants(model), strict_mode=False)
+        inferred = shape_inference.infer_shapes(with_visible_constants(model), strict_mode=False)
     except Exception as exc:  # onnx raises InferenceError and checker errors
         raise EdgenasError(f"ONNX shape inference failed: {' '.join(str(exc).split())[:200]}",
                            "check the model with onnx.checker.check_model and export it with static shapes") from None
@@ -84,35 +89,6 @@ def _load(path):
                            "pass a model written by onnx.save or torch.onnx.export") from None
 
 
-_SMALL_CONSTANT = 64  # elements: shape arithmetic operands (Slice starts/ends, Reshape shapes, axes), not weights
-
-
-def _with_visible_constants(model):
-    """A copy of the model in which every subgraph holds its own copy of the small outer-scope constants it reads.
-
-    ONNX shape inference sees the types of outer-scope tensors inside an If branch but not their values, so a Slice
-    or Reshape whose starts/shape are main-graph initializers gets no static output shape there (edgenas export
-    keeps every initializer in the main graph). Only shape inference sees the copy."""
-    import onnx
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    small = {i.name: i for i in out.graph.initializer if math.prod(i.dims) <= _SMALL_CONSTANT}
-
-    def visit(graph, visible: dict) -> None:
-        visible = {**visible, **{i.name: i for i in graph.initializer if math.prod(i.dims) <= _SMALL_CONSTANT}}
-        for node in graph.node:
-            for sub in _subgraphs(node):
-                own = {i.name for i in sub.initializer} | {vi.name for vi in sub.input}
-                for name in sorted(_outer_refs(sub) - own):
-                    if name in visible:
-                        sub.initializer.append(visible[name])
-                visit(sub, visible)
-
-    visit(out.graph, small)
-    return out
-
-
 def _strip(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[1:])
 
@@ -130,8 +106,8 @@ class _Walker:
         self.consts: set[str] = set()   # tensors known at compile time (weights, shape arithmetic)
         self.alias: dict[str, str] = {}
         self.uses: dict[str, int] = {}
-        self.layers: list[dict] = []
-        self.by_output: dict[str, dict] = {}
+        self.layers: list[PendingLayer] = []
+        self.by_output: dict[str, PendingLayer] = {}
         self.used_names: set[str] = set()
         self.unknown: list[str] = []    # "op (layer name)" of every layer with an operator the cost model lacks
         self._collect(self.graph)
@@ -139,7 +115,7 @@ class _Walker:
     # ------------------------------------------------------------------ bookkeeping over all (sub)graphs
     def _collect(self, graph) -> None:
         for vi in (*graph.input, *graph.value_info, *graph.output):
-            self.shapes[vi.name] = _value_shape(vi)
+            self.shapes[vi.name] = value_shape(vi)
         for init in graph.initializer:
             self.consts.add(init.name)
             self.const_shapes[init.name] = tuple(int(d) for d in init.dims)
@@ -149,7 +125,7 @@ class _Walker:
             for name in node.input:
                 if name:
                     self.uses[name] = self.uses.get(name, 0) + 1
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 self._collect(sub)
 
     def resolve(self, name: str) -> str:
@@ -203,8 +179,7 @@ class _Walker:
         self.input_name = x.name
         seg_outputs, exit_outputs = [], []
         self._level(self.graph, 0, seg_outputs, exit_outputs)
-        layers = tuple(Layer(d["name"], d["kind"], d["inputs"], d["output"], d["in_shapes"], d["out_shape"],
-                             int(d["macs"]), int(d["params"]), d["part"], d["index"]) for d in self.layers)
+        layers = tuple(layer.freeze() for layer in self.layers)
         return validate(CostGraph(layers=layers, input_name=x.name, input_shape=_strip(self.shapes[x.name]),
                                   segment_outputs=tuple(seg_outputs), exit_outputs=tuple(exit_outputs),
                                   n_exits=len(seg_outputs), unknown_ops=tuple(self.unknown)))
@@ -225,12 +200,12 @@ class _Walker:
             exit_outputs.append(out)
             return
         if_node = ifs[0]
-        then_g = _attr_graph(if_node, "then_branch")
-        else_g = _attr_graph(if_node, "else_branch")
-        after_if = _descendants(nodes, set(if_node.output))
+        then_g = attr_graph(if_node, "then_branch")
+        else_g = attr_graph(if_node, "else_branch")
+        after_if = descendants(nodes, set(if_node.output))
         before = [n for n in nodes if n is not if_node and id(n) not in after_if]
-        carried = self._segment_output(before, _outer_refs(else_g), if_node, level)
-        backbone = _ancestors(before, {carried})
+        carried = self._segment_output(before, outer_refs(else_g), if_node, level)
+        backbone = ancestors(before, {carried})
         for node in before:
             if id(node) in backbone:
                 self._emit(node, "segment", level)
@@ -256,8 +231,8 @@ class _Walker:
         producer = {}
         for node in before:  # ONNX nodes are topologically sorted
             refs = {i for i in node.input if i}
-            for sub in _subgraphs(node):
-                refs |= _outer_refs(sub)
+            for sub in subgraphs(node):
+                refs |= outer_refs(sub)
             if any(r in dynamic or r == self.input_name or self.resolve(r) in self.by_output for r in refs):
                 dynamic.update(node.output)
             for o in node.output:
@@ -275,8 +250,8 @@ class _Walker:
                 seen.add(t)
                 node = producer[t]
                 stack.extend(i for i in node.input if i)
-                for sub in _subgraphs(node):
-                    stack.extend(_outer_refs(sub))
+                for sub in subgraphs(node):
+                    stack.extend(outer_refs(sub))
             return False
 
         roots = [c for c in candidates if all(d == c or depends(d, c) for d in candidates)]
@@ -316,58 +291,41 @@ class _Walker:
         # axes, scalars such as x * 0.5)
         params = sum(n for n in (math.prod(self.const_shape(w)) for w in weights) if n > 1 or op in _WEIGHT_OPS) \
             if op in _WEIGHT_OPS | _ELEMENTWISE_OPS else 0
-        kind, macs, has_bias = "other", 0, True
-        if op == "Conv":
-            w = self.const_shape(node.input[1])
-            groups = _attr_int(node, "group", 1)
-            c_in = w[1] * groups
-            kind = "dwconv" if groups > 1 and groups == c_in == w[0] else "conv"
-            macs = math.prod(out_shape) * math.prod(w[1:])
-            has_bias = len(node.input) > 2 and bool(node.input[2])
-        elif op == "Gemm":
-            b = self.const_shape(node.input[1]) if node.input[1] in weights else self.act_shape(node.input[1], node)
-            k = b[1] if _attr_int(node, "transB", 0) else b[0]
-            kind, macs = "linear", math.prod(out_shape) * k
-            has_bias = len(node.input) > 2 and bool(node.input[2])
-        elif op == "MatMul":
-            k = in_shapes[0][-1] if in_shapes[0] else 1
-            kind, macs, has_bias = "linear", math.prod(out_shape) * k, False
-        elif op == "BatchNormalization":
-            if self._fold_batchnorm(node, acts[0], out_shape[0]):
-                return
-            kind, params = "mul", 2 * out_shape[0]
-        elif op in ("Add", "Sub") and len(acts) == 1 and self._fold_bias(node, acts[0], params):
-            return
-        elif op in ("Add", "Sub"):
-            kind = "add"
-        elif op in ("Mul", "Div"):
-            kind = "mul"
-        elif op in _ACT_OPS:
-            kind = "act"
-        elif op in _RESHAPE_OPS:
-            kind = "reshape"
-        elif op in _POOL_OPS:
-            kind = "pool"
-        elif op == "GlobalAveragePool":
-            kind = "gap"
-        elif op == "ReduceMean":
-            kind = "gap" if self._reduces_spatial(node, len(in_shapes[0]) + 1) else "other"
-        elif op == "Concat":
-            kind = "concat"
-        elif op not in _KNOWN_OPS or (op == "Gather" and self.resolve(node.input[0]) in self.consts):
-            # a Gather from a constant table is an embedding lookup: its weights would go uncounted
-            self.unknown.append(f"{op} ({node.name or f'{op}_{out}'})")
-        self._add(node, kind, acts, in_shapes, out, out_shape, macs, params, part, index, has_bias)
-
-    def _add(self, node, kind, acts, in_shapes, out, out_shape, macs, params, part, index, has_bias) -> None:
-        name = node.name or f"{node.op_type}_{out}"
+        call = _Call(node, acts, in_shapes, out, out_shape, weights, params)
+        handler = _HANDLERS.get(op)
+        if handler is None:
+            cost = self.record_unknown(call)
+        else:
+            cost = handler(self, call)
+            if cost is None:
+                return  # folded into the layer before it
+        kind, macs, params, has_bias = cost
+        name = node.name or f"{op}_{out}"
         while name in self.used_names:
             name += "_"
         self.used_names.add(name)
-        layer = dict(name=name, kind=kind, inputs=tuple(acts), output=out, in_shapes=in_shapes,
-                     out_shape=out_shape, macs=macs, params=params, part=part, index=index, has_bias=has_bias)
+        layer = PendingLayer(name, kind, tuple(acts), out, in_shapes, out_shape, macs, params, part, index, has_bias)
         self.layers.append(layer)
         self.by_output[out] = layer
+
+    def record_unknown(self, call: "_Call") -> tuple:
+        """An operator the cost model lacks: a layer of kind "other" whose MACs and weights are not counted."""
+        op = call.node.op_type
+        self.unknown.append(f"{op} ({call.node.name or f'{op}_{call.out}'})")
+        return "other", 0, call.params, True
+
+    def fold_batchnorm(self, node, src: str, channels: int) -> bool:
+        if not fold_batchnorm(self.by_output.get(src), self.uses.get(src, 0) == 1, channels):
+            return False
+        self.alias[node.output[0]] = src
+        return True
+
+    def fold_bias(self, node, src: str, bias_params: int) -> bool:
+        """MatMul + Add(constant) is a linear layer with a bias."""
+        if not fold_bias(self.by_output.get(src), self.uses.get(src, 0) == 1, bias_params):
+            return False
+        self.alias[node.output[0]] = src
+        return True
 
     def _constant(self, node) -> None:
         from onnx import helper
@@ -385,27 +343,7 @@ class _Walker:
             self.const_values[out] = arr
             self.const_shapes[out] = tuple(arr.shape)
 
-    def _fold_batchnorm(self, node, src: str, channels: int) -> bool:
-        producer = self.by_output.get(src)
-        if producer is None or producer["kind"] not in ("conv", "dwconv", "linear") or self.uses.get(src, 0) != 1:
-            return False
-        if not producer["has_bias"]:
-            producer["params"] += channels
-            producer["has_bias"] = True
-        self.alias[node.output[0]] = src
-        return True
-
-    def _fold_bias(self, node, src: str, bias_params: int) -> bool:
-        """MatMul + Add(constant) is a linear layer with a bias."""
-        producer = self.by_output.get(src)
-        if producer is None or producer["kind"] != "linear" or producer["has_bias"] or self.uses.get(src, 0) != 1:
-            return False
-        producer["params"] += bias_params
-        producer["has_bias"] = True
-        self.alias[node.output[0]] = src
-        return True
-
-    def _reduces_spatial(self, node, rank: int) -> bool:
+    def reduce_mean_kind(self, node, rank: int) -> str:
         axes = None
         for a in node.attribute:
             if a.name == "axes":
@@ -413,88 +351,77 @@ class _Walker:
         if axes is None and len(node.input) > 1 and node.input[1]:
             value = self.value(node.input[1])
             axes = None if value is None else [int(v) for v in value.reshape(-1)]
-        if axes is None:
-            return False
-        return sorted(a % rank for a in axes) == list(range(2, rank))
+        return "other" if axes is None else mean_kind(axes, rank)
 
 
-# ---------------------------------------------------------------------------------------------- graph helpers
-def _value_shape(vi):
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
+# ---------------------------------------------------------------------------------------------- handlers
+@dataclass(frozen=True)
+class _Call:
+    """One ONNX node being costed: what every handler reads."""
+    node: object
+    acts: list[str]                          # activation inputs (constants excluded), aliases resolved
+    in_shapes: tuple[tuple[int, ...], ...]
+    out: str
+    out_shape: tuple[int, ...]
+    weights: list[str]                       # constant inputs
+    params: int                              # elements of the constant inputs that are learned tensors
+
+
+def _has_bias(node) -> bool:
+    return len(node.input) > 2 and bool(node.input[2])
+
+
+# Handlers take (walker, call) and return (kind, MACs, params, has_bias), or None when the node was folded into the
+# layer before it.
+def _conv(w: _Walker, c: _Call):
+    kind, macs = conv_rule(w.const_shape(c.node.input[1]), attr_int(c.node, "group", 1), c.out_shape)
+    return kind, macs, c.params, _has_bias(c.node)
+
+
+def _gemm(w: _Walker, c: _Call):
+    b_in = c.node.input[1]
+    b = w.const_shape(b_in) if b_in in c.weights else w.act_shape(b_in, c.node)
+    k = b[1] if attr_int(c.node, "transB", 0) else b[0]
+    return "linear", linear_macs(c.out_shape, k), c.params, _has_bias(c.node)
+
+
+def _matmul(w: _Walker, c: _Call):
+    k = c.in_shapes[0][-1] if c.in_shapes[0] else 1
+    return "linear", linear_macs(c.out_shape, k), c.params, False
+
+
+def _batchnorm(w: _Walker, c: _Call):
+    if w.fold_batchnorm(c.node, c.acts[0], c.out_shape[0]):
         return None
-    dims = []
-    for i, d in enumerate(t.shape.dim):
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif i == 0:
-            dims.append(1)  # symbolic batch
-        else:
-            return None
-    return tuple(dims)
+    return "mul", 0, unfolded_batchnorm_params(c.out_shape[0]), True
 
 
-def _subgraphs(node):
-    from onnx import AttributeProto
-
-    for a in node.attribute:
-        if a.type == AttributeProto.GRAPH:
-            yield a.g
-        elif a.type == AttributeProto.GRAPHS:
-            yield from a.graphs
+def _add(w: _Walker, c: _Call):
+    if len(c.acts) == 1 and w.fold_bias(c.node, c.acts[0], c.params):
+        return None
+    return "add", 0, c.params, True
 
 
-def _attr_graph(node, name: str):
-    for a in node.attribute:
-        if a.name == name:
-            return a.g
-    raise EdgenasError(f"If node {node.name} has no {name}", "write a valid ONNX If node")
+def _reduce_mean(w: _Walker, c: _Call):
+    return w.reduce_mean_kind(c.node, len(c.in_shapes[0]) + 1), 0, c.params, True
 
 
-def _attr_int(node, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(a.i)
-    return default
+def _gather(w: _Walker, c: _Call):
+    if w.resolve(c.node.input[0]) in w.consts:  # from a constant table: an embedding lookup, whose weights the
+        return w.record_unknown(c)              # cost model does not count
+    return "other", 0, c.params, True
 
 
-def _outer_refs(graph) -> set[str]:
-    """Names a (sub)graph reads from enclosing scopes."""
-    defined = {vi.name for vi in graph.input} | {i.name for i in graph.initializer}
-    used = set()
-    for node in graph.node:
-        used.update(i for i in node.input if i)
-        for sub in _subgraphs(node):
-            used |= _outer_refs(sub)
-        defined.update(node.output)
-    used.update(o.name for o in graph.output)
-    return used - defined
+def _plain(kind: str):
+    return lambda w, c: (kind, 0, c.params, True)
 
 
-def _ancestors(nodes, names: set[str]) -> set[int]:
-    """ids of the nodes (among `nodes`) that the given tensors depend on."""
-    producer = {o: n for n in nodes for o in n.output}
-    found, stack = set(), [producer[n] for n in names if n in producer]
-    while stack:
-        node = stack.pop()
-        if id(node) in found:
-            continue
-        found.add(id(node))
-        refs = [i for i in node.input if i]
-        for sub in _subgraphs(node):
-            refs.extend(_outer_refs(sub))
-        stack.extend(producer[i] for i in refs if i in producer)
-    return found
-
-
-def _descendants(nodes, names: set[str]) -> set[int]:
-    """ids of the nodes that read (transitively) any of the given tensors."""
-    tainted, found = set(names), set()
-    for node in nodes:  # ONNX nodes are topologically sorted
-        refs = {i for i in node.input if i}
-        for sub in _subgraphs(node):
-            refs |= _outer_refs(sub)
-        if refs & tainted:
-            found.add(id(node))
-            tainted.update(node.output)
-    return found
+_HANDLERS = {  # op type -> handler; ConvTranspose: its weights are counted, its MACs are not modelled
+    **dict.fromkeys(_DATA_OPS | {"ConvTranspose"}, _plain("other")),
+    **dict.fromkeys(_ACT_OPS, _plain("act")),
+    **dict.fromkeys(_RESHAPE_OPS, _plain("reshape")),
+    **dict.fromkeys(_POOL_OPS, _plain("pool")),
+    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm, "Add": _add, "Sub": _add,
+    "Mul": _plain("mul"), "Div": _plain("mul"), "GlobalAveragePool": _plain("gap"), "ReduceMean": _reduce_mean,
+    "Concat": _plain("concat"), "Gather": _gather,
+}

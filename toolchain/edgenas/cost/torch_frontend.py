@@ -3,15 +3,20 @@
 Each segment and each head is traced on its own with torch.fx and shapes come from running it once on a batch-1
 example (ShapeProp), in eval mode so BatchNorm statistics are not touched. Tensor names are wired across parts:
 segment i reads segment i-1's output, head i reads segment i's output.
+
+A node is costed by the handler its module type, function or method name maps to (_module_handlers,
+_function_handlers, _METHOD_HANDLERS); the handlers apply the rules shared with the ONNX front end
+(edgenas.cost.layer_rules). Adding an operator is one handler and one table entry.
 """
 from __future__ import annotations
 
 import functools
-import math
 import operator
 from dataclasses import dataclass, field
 
-from edgenas.cost.graph import CostGraph, Layer, numel, validate
+from edgenas.cost.graph import CostGraph, numel, validate
+from edgenas.cost.layer_rules import (PendingLayer, adaptive_pool_kind, conv_rule, fold_batchnorm, linear_macs,
+                                      mean_kind, unfolded_batchnorm_params)
 from edgenas.errors import EdgenasError
 
 _SUPPORTED = ("Conv1d/2d, Linear, BatchNorm, ReLU/ReLU6/Hardswish/Hardsigmoid/Sigmoid/SiLU/GELU/Tanh/Softmax, "
@@ -19,30 +24,11 @@ _SUPPORTED = ("Conv1d/2d, Linear, BatchNorm, ReLU/ReLU6/Hardswish/Hardsigmoid/Si
 
 
 @dataclass
-class _Pending:
-    """A layer under construction: BN folding may still add a bias to its params."""
-    name: str
-    kind: str
-    inputs: tuple[str, ...]
-    in_shapes: tuple[tuple[int, ...], ...]
-    out_shape: tuple[int, ...]
-    macs: int
-    params: int
-    part: str
-    index: int
-    has_bias: bool = True
-
-    def freeze(self) -> Layer:
-        return Layer(self.name, self.kind, self.inputs, self.name, self.in_shapes, self.out_shape, self.macs,
-                     self.params, self.part, self.index)
-
-
-@dataclass
 class _Builder:
-    layers: list[_Pending] = field(default_factory=list)
-    by_name: dict[str, _Pending] = field(default_factory=dict)
+    layers: list[PendingLayer] = field(default_factory=list)
+    by_name: dict[str, PendingLayer] = field(default_factory=dict)
 
-    def add(self, layer: _Pending) -> str:
+    def add(self, layer: PendingLayer) -> str:
         self.layers.append(layer)
         self.by_name[layer.name] = layer
         return layer.name
@@ -174,17 +160,30 @@ def _arg(node, pos: int, key: str, default):
     return node.kwargs.get(key, default)
 
 
-def _is_global(size) -> bool:
-    sizes = size if isinstance(size, (list, tuple)) else (size,)
-    return all(s == 1 for s in sizes)
+@dataclass(frozen=True)
+class _Call:
+    """One fx call node being costed: what every handler reads."""
+    builder: _Builder
+    node: object
+    weights: dict
+    part: str
+    index: int
+    name: str
+    acts: list                               # fx nodes of the activation inputs
+    in_names: tuple[str, ...]
+    in_shapes: tuple[tuple[int, ...], ...]
+    out_shape: tuple[int, ...]
+
+    def layer(self, kind: str, macs: int = 0, params: int = 0, has_bias: bool = True) -> str:
+        return self.builder.add(PendingLayer(self.name, kind, self.in_names, self.name, self.in_shapes,
+                                             self.out_shape, int(macs), int(params), self.part, self.index, has_bias))
+
+    def weight_params(self) -> int:
+        return _weight_params(self.node, self.weights)
 
 
 def _node(builder: _Builder, gm, node, env, weights, part: str, index: int, name: str):
     """Handle one call node: add a layer and return its tensor name, or alias an existing tensor (or None)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
     out_shape = _shape(node)
     if out_shape is None and node.op == "call_module":
         mod = gm.get_submodule(node.target)
@@ -195,80 +194,137 @@ def _node(builder: _Builder, gm, node, env, weights, part: str, index: int, name
     acts = _activation_args(node, env)
     if not acts:
         return None  # computed from weights/constants only: folded at deployment
-    in_names = tuple(env[a] for a in acts)
-    in_shapes = tuple(_shape(a) for a in acts)
-
-    def layer(kind: str, macs: int = 0, params: int = 0, has_bias: bool = True) -> str:
-        return builder.add(_Pending(name, kind, in_names, in_shapes, out_shape, int(macs), int(params), part,
-                                    index, has_bias))
-
+    call = _Call(builder, node, weights, part, index, name, acts, tuple(env[a] for a in acts),
+                 tuple(_shape(a) for a in acts), out_shape)
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            c_in, c_out, g = mod.in_channels, mod.out_channels, mod.groups
-            macs = numel(out_shape) * (c_in // g) * math.prod(mod.kernel_size)
-            dw = g > 1 and g == c_in == c_out
-            return layer("dwconv" if dw else "conv", macs, mod.weight.numel() + _bias(mod), mod.bias is not None)
-        if isinstance(mod, nn.Linear):
-            macs = numel(out_shape) * mod.in_features
-            return layer("linear", macs, mod.weight.numel() + _bias(mod), mod.bias is not None)
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            return _batchnorm(builder, acts[0], env, mod.num_features, layer)
-        if isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout2d)):
-            return in_names[0]
-        if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Tanh,
-                            nn.LeakyReLU, nn.Hardtanh, nn.Softmax)):
-            return layer("act")
-        if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d)):
-            return layer("pool")
-        if isinstance(mod, nn.AdaptiveAvgPool2d):
-            return layer("gap" if _is_global(mod.output_size) else "pool")
-        if isinstance(mod, (nn.Flatten, nn.Unflatten)):
-            return layer("reshape")
-        raise EdgenasError(f"cannot cost module {name} of type {type(mod).__name__}",
+        table = _module_handlers()
+        handler = next((table[t] for t in type(mod).__mro__ if t in table), None)
+        if handler is None:
+            raise EdgenasError(f"cannot cost module {name} of type {type(mod).__name__}",
+                               f"use supported layers ({_SUPPORTED}) or extend edgenas.cost.torch_frontend")
+        return handler(call, mod)
+    handler = _function_handlers().get(node.target) if node.op == "call_function" else \
+        _METHOD_HANDLERS.get(node.target) if node.op == "call_method" else None
+    if handler is None:
+        what = f"{node.op} {getattr(node.target, '__name__', node.target)}"
+        raise EdgenasError(f"cannot cost {name}: unsupported operation {what}",
                            f"use supported layers ({_SUPPORTED}) or extend edgenas.cost.torch_frontend")
+    return handler(call)
 
-    target = node.target
-    fn = target if node.op == "call_function" else None
-    method = target if node.op == "call_method" else None
-    if fn in (F.conv1d, F.conv2d, torch.conv2d):
-        w_shape, bias = _shape(node.args[1], batch=False), _arg(node, 2, "bias", None)
-        groups = int(_arg(node, 6, "groups", 1))
-        dw = groups > 1 and groups == in_shapes[0][0] == out_shape[0]
-        return layer("dwconv" if dw else "conv", numel(out_shape) * math.prod(w_shape[1:]),
-                     numel(w_shape) + _tensor_numel(bias), bias is not None)
-    if fn is F.linear:
-        w_shape, bias = _shape(node.args[1], batch=False), _arg(node, 2, "bias", None)
-        return layer("linear", numel(out_shape) * w_shape[1], numel(w_shape) + _tensor_numel(bias), bias is not None)
-    if fn is F.batch_norm:
-        return _batchnorm(builder, acts[0], env, in_shapes[0][0], layer)
-    if fn in (F.dropout, F.dropout2d) or method in ("contiguous", "clone") or fn is torch.clone:
-        return in_names[0]
-    if fn in _act_functions() or method in _ACT_METHODS:
-        return layer("act", params=_weight_params(node, weights))
-    if fn in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze) or method in _RESHAPE_METHODS:
-        return layer("reshape")
-    if fn is F.adaptive_avg_pool2d:
-        return layer("gap" if _is_global(_arg(node, 1, "output_size", None)) else "pool")
-    if fn in (F.max_pool2d, F.avg_pool2d, F.adaptive_max_pool2d):
-        return layer("pool")
-    if fn is torch.mean or method == "mean":
-        dims = _arg(node, 1, "dim", None)
-        dims = tuple(sorted(d % (len(in_shapes[0]) + 1) for d in (dims if isinstance(dims, (list, tuple)) else (dims,))
-                            if d is not None))
-        spatial = tuple(range(2, len(in_shapes[0]) + 1))
-        return layer("gap" if dims == spatial else "other")
-    if fn in (operator.add, operator.iadd, torch.add, operator.sub, torch.sub) or method in ("add", "sub", "add_"):
-        return layer("add", params=_weight_params(node, weights))
-    if fn in (operator.mul, operator.imul, torch.mul, operator.truediv, torch.div) or method in ("mul", "div", "mul_"):
-        return layer("mul", params=_weight_params(node, weights))
-    if fn in (torch.cat, torch.concat):
-        return layer("concat")
-    if fn is operator.getitem:
-        return layer("other")  # a strided slice of an activation: costed as a copy
-    what = f"{node.op} {getattr(target, '__name__', target)}"
-    raise EdgenasError(f"cannot cost {name}: unsupported operation {what}",
-                       f"use supported layers ({_SUPPORTED}) or extend edgenas.cost.torch_frontend")
+
+# ---------------------------------------------------------------------------------------------- handlers
+# Module handlers take (call, module), function and method handlers take (call); each returns the name of the
+# tensor the node's output is (a new layer, or the input it aliases).
+def _conv_module(call: _Call, mod) -> str:
+    kind, macs = conv_rule(mod.weight.shape, mod.groups, call.out_shape)
+    return call.layer(kind, macs, mod.weight.numel() + _bias(mod), mod.bias is not None)
+
+
+def _linear_module(call: _Call, mod) -> str:
+    return call.layer("linear", linear_macs(call.out_shape, mod.in_features), mod.weight.numel() + _bias(mod),
+                      mod.bias is not None)
+
+
+def _conv_function(call: _Call) -> str:
+    node = call.node
+    w_shape, bias = _shape(node.args[1], batch=False), _arg(node, 2, "bias", None)
+    kind, macs = conv_rule(w_shape, int(_arg(node, 6, "groups", 1)), call.out_shape)
+    return call.layer(kind, macs, numel(w_shape) + _tensor_numel(bias), bias is not None)
+
+
+def _linear_function(call: _Call) -> str:
+    w_shape, bias = _shape(call.node.args[1], batch=False), _arg(call.node, 2, "bias", None)
+    return call.layer("linear", linear_macs(call.out_shape, w_shape[1]), numel(w_shape) + _tensor_numel(bias),
+                      bias is not None)
+
+
+def _batchnorm(call: _Call, channels: int) -> str:
+    """Fold BN into the conv/linear that feeds it alone (adds a bias if it had none); else a per-channel affine."""
+    src = call.acts[0]
+    producer = call.builder.by_name.get(call.in_names[0])
+    foldable = src.op != "placeholder" and len(src.users) == 1  # a part's input is shared with the next part
+    if fold_batchnorm(producer, foldable, channels):
+        return producer.name
+    return call.layer("mul", params=unfolded_batchnorm_params(channels))
+
+
+def _mean(call: _Call) -> str:
+    dims = _arg(call.node, 1, "dim", None)
+    dims = [d for d in (dims if isinstance(dims, (list, tuple)) else (dims,)) if d is not None]
+    return call.layer(mean_kind(dims, len(call.in_shapes[0]) + 1))
+
+
+def _alias(call: _Call, mod=None) -> str:
+    return call.in_names[0]
+
+
+def _plain(kind: str):
+    """A handler adding a layer of `kind` without MACs or params."""
+    return lambda call, mod=None: call.layer(kind)
+
+
+def _with_weights(kind: str):
+    """A handler adding a layer of `kind` whose weight operands (e.g. a learned scale) are its params."""
+    return lambda call: call.layer(kind, params=call.weight_params())
+
+
+@functools.cache
+def _module_handlers() -> dict:
+    from torch import nn
+
+    table = {nn.Conv1d: _conv_module, nn.Conv2d: _conv_module, nn.Linear: _linear_module,
+             nn.BatchNorm1d: lambda call, mod: _batchnorm(call, mod.num_features),
+             nn.AdaptiveAvgPool2d: lambda call, mod: call.layer(adaptive_pool_kind(mod.output_size))}
+    table.update(dict.fromkeys((nn.Identity, nn.Dropout, nn.Dropout2d), _alias))
+    table.update(dict.fromkeys((nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Tanh,
+                                nn.LeakyReLU, nn.Hardtanh, nn.Softmax), _plain("act")))
+    table.update(dict.fromkeys((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d), _plain("pool")))
+    table.update(dict.fromkeys((nn.Flatten, nn.Unflatten), _plain("reshape")))
+    table[nn.BatchNorm2d] = table[nn.BatchNorm1d]
+    return table
+
+
+@functools.cache
+def _function_handlers() -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    groups = [
+        ((F.conv1d, F.conv2d, torch.conv2d), _conv_function),
+        ((F.linear,), _linear_function),
+        ((F.batch_norm,), lambda call: _batchnorm(call, call.in_shapes[0][0])),
+        ((F.dropout, F.dropout2d, torch.clone), _alias),
+        ((F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu, F.hardtanh, F.sigmoid, F.tanh,
+          F.softmax, torch.relu, torch.sigmoid, torch.tanh, torch.softmax, torch.clamp, torch.clip, torch.exp),
+         _with_weights("act")),
+        ((torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze), _plain("reshape")),
+        ((F.adaptive_avg_pool2d,), lambda call: call.layer(adaptive_pool_kind(_arg(call.node, 1, "output_size",
+                                                                                       None)))),
+        ((F.max_pool2d, F.avg_pool2d, F.adaptive_max_pool2d), _plain("pool")),
+        ((torch.mean,), _mean),
+        ((operator.add, operator.iadd, torch.add, operator.sub, torch.sub), _with_weights("add")),
+        ((operator.mul, operator.imul, torch.mul, operator.truediv, torch.div), _with_weights("mul")),
+        ((torch.cat, torch.concat), _plain("concat")),
+        ((operator.getitem,), _plain("other")),  # a strided slice of an activation: costed as a copy
+    ]
+    table: dict = {}
+    for functions, handler in groups:
+        for fn in functions:
+            table.setdefault(fn, handler)  # a function listed twice keeps its first handler
+    return table
+
+
+_METHOD_HANDLERS = {
+    **dict.fromkeys(("contiguous", "clone"), _alias),
+    **dict.fromkeys(("relu", "relu_", "sigmoid", "tanh", "softmax", "clamp", "clip", "exp", "hardswish"),
+                    _with_weights("act")),
+    **dict.fromkeys(("view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as"),
+                    _plain("reshape")),
+    "mean": _mean,
+    **dict.fromkeys(("add", "sub", "add_"), _with_weights("add")),
+    **dict.fromkeys(("mul", "div", "mul_"), _with_weights("mul")),
+}
 
 
 def _tensor_numel(arg) -> int:
@@ -278,28 +334,3 @@ def _tensor_numel(arg) -> int:
 
 def _bias(mod) -> int:
     return mod.bias.numel() if getattr(mod, "bias", None) is not None else 0
-
-
-def _batchnorm(builder: _Builder, src, env, channels: int, layer) -> str:
-    """Fold BN into the conv/linear that feeds it alone (adds a bias if it had none); else a per-channel affine."""
-    producer = builder.by_name.get(env[src])
-    foldable = src.op != "placeholder" and len(src.users) == 1  # a part's input is shared with the next part
-    if producer is not None and producer.kind in ("conv", "dwconv", "linear") and foldable:
-        if not producer.has_bias:
-            producer.params += channels
-            producer.has_bias = True
-        return producer.name
-    return layer("mul", params=2 * channels)  # folded statistics: scale and shift per channel
-
-
-@functools.cache
-def _act_functions() -> frozenset:
-    import torch
-    import torch.nn.functional as F
-    return frozenset({F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu, F.hardtanh,
-                      F.sigmoid, F.tanh, F.softmax, torch.relu, torch.sigmoid, torch.tanh, torch.softmax, torch.clamp,
-                      torch.clip, torch.exp})
-
-
-_ACT_METHODS = {"relu", "relu_", "sigmoid", "tanh", "softmax", "clamp", "clip", "exp", "hardswish"}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}

@@ -6,11 +6,8 @@ Every failure caused by the user's files or arrays (corrupt ONNX, wrong input sh
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Sequence
 
@@ -18,8 +15,10 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from edgenas.agreement import Agreement, agreement
 from edgenas.errors import EdgenasError
 from edgenas.export.exits_json import ExitMetrics
+from edgenas.fileio import atomic_write
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -56,17 +55,8 @@ def load_onnx(path: Path, check: bool = True) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> Path:
-    """Save an ONNX model atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # plain open: umask applies
-    try:
-        onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save an ONNX model atomically (fileio.atomic_write)."""
+    return atomic_write(path, model.SerializeToString())
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -152,23 +142,6 @@ def exit_metrics(logits: np.ndarray, exits: np.ndarray, labels: np.ndarray, n_ex
         accs.append(float(correct[sel].mean()) if sel.any() else None)
     return ExitMetrics(n_samples=n, accuracy=float(correct.mean()) if n else 0.0, exit_rates=tuple(rates),
                        exit_accuracies=tuple(accs))
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """How two early-exit runs on the same inputs agree."""
-
-    n_samples: int
-    exit_agreement: float      # share of samples taking the same exit
-    max_abs_diff: float        # max |logit difference| over the samples that took the same exit
-    n_exit_mismatches: int
-
-
-def agreement(logits_a: np.ndarray, exits_a: np.ndarray, logits_b: np.ndarray, exits_b: np.ndarray) -> Agreement:
-    same = np.asarray(exits_a) == np.asarray(exits_b)
-    diff = float(np.abs(logits_a[same] - logits_b[same]).max()) if same.any() else 0.0
-    return Agreement(n_samples=len(same), exit_agreement=float(same.mean()) if len(same) else 1.0,
-                     max_abs_diff=diff, n_exit_mismatches=int((~same).sum()))
 
 
 def torch_early_exit(net: "EarlyExitNet", x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

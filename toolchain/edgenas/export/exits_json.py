@@ -45,14 +45,13 @@ A null threshold or metric means "not applicable" (final exit) or "not measured"
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgenas import __version__
 from edgenas.errors import EdgenasError
+from edgenas.fileio import atomic_write_json
 
 FORMAT = "edgenas-exits/1"
 EXITS_FILE = "exits.json"
@@ -144,20 +143,9 @@ def exits_document(stages: Sequence[StageInfo], n_classes: int, thresholds: Sequ
 
 
 def write_exits_json(out_dir: Path, document: Mapping[str, Any]) -> Path:
-    """Write `out_dir/exits.json` atomically (temp file + rename)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / EXITS_FILE
-    tmp = out_dir / f".{EXITS_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"  # plain open: umask applies
-    try:
-        with open(tmp, "w") as f:
-            json.dump(document, f, indent=2, default=str)  # meta may hold paths
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `out_dir/exits.json` atomically (fileio.atomic_write_json), keys in the document's order."""
+    return atomic_write_json(Path(out_dir) / EXITS_FILE, document, indent=2, sort_keys=False,
+                             default=str)  # meta may hold paths
 
 
 def read_exits_json(path: Path) -> dict:

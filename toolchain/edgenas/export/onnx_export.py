@@ -9,8 +9,9 @@ Folder layout (written into a temp folder next to `out_dir`, renamed into place 
     exits.json          thresholds, MACs, exit rates and accuracies (format in exits_json.py)
 
 Checks after export: ONNX checker (full) on every model; onnxruntime vs PyTorch eager (`net(x)`, batch 1) on the
-whole check set: same exit on 100% of samples and max |logit difference| <= 1e-4, else EdgenasError (nothing is
-written). For int8 the accuracy drop and the exit agreement with fp32 are reported, not enforced.
+whole check set: same exit on 100% of samples and max |logit difference| <= edgenas.agreement.LOGIT_TOLERANCE
+(1e-4) on them, else EdgenasError (nothing is written). For int8 the accuracy drop and the exit agreement with fp32
+are reported, not enforced.
 """
 from __future__ import annotations
 
@@ -26,21 +27,21 @@ import numpy as np
 import torch
 
 from edgenas import __version__
+from edgenas.agreement import LOGIT_TOLERANCE, Agreement, agreement
 from edgenas.errors import EdgenasError
-from edgenas.paths import missing_folders, naming_path, nearest_existing, remove_created
-from edgenas.export.checks import (Agreement, agreement, compare_with_torch, exit_metrics, load_onnx, ort_session,
-                                   run_early_exit, run_static, save_model)
+from edgenas.export.checks import (compare_with_torch, exit_metrics, load_onnx, ort_session, run_early_exit, run_static,
+                                   save_model)
 from edgenas.export.compose import compose_if_graph, compose_static_graph, stamp_metadata
 from edgenas.export.exits_json import EXITS_FILE, ExitMetrics, exits_document, write_exits_json
 from edgenas.export.quantize import (SCHEME, STAGES_INT8_DIR, array_reader_factory, quantize_stages,
                                      stage_calibration_inputs)
 from edgenas.export.stages import eval_mode, export_stage_protos, stage_infos
+from edgenas.fileio import missing_folders, naming_path, nearest_existing, publish_folder, remove_created
 from edgenas.nn.early_exit import EarlyExitNet
 
 MODEL_FILE = "model.onnx"
 STATIC_FILE = "model.static.onnx"
 INT8_FILE = "model.int8.onnx"
-MAX_ABS_LOGIT_DIFF = 1e-4     # fp32 ORT vs PyTorch, on samples that took the same exit
 STATIC_CHECK_SAMPLES = 32     # the static graph is checked on the first samples of the check set
 
 
@@ -61,8 +62,8 @@ class ExportReport:
     n_exits: int
     thresholds: tuple[float, ...]
     exits: tuple[ExitReport, ...]
-    n_check_samples: int
-    fp32_accuracy: float
+    n_check_samples: int           # the labelled test samples every check below ran on
+    fp32_accuracy: float           # of the nested-If graph in onnxruntime
     fp32_exit_agreement: float     # vs PyTorch eager; 1.0 by construction (the export fails otherwise)
     fp32_max_abs_diff: float
     int8_accuracy: float
@@ -72,28 +73,18 @@ class ExportReport:
     expected_macs: float
     sizes: Mapping[str, int] = field(default_factory=dict)  # file (relative) -> bytes
 
-    @property
-    def model(self) -> Path:
-        return self.out_dir / MODEL_FILE
-
-    @property
-    def static_model(self) -> Path:
-        return self.out_dir / STATIC_FILE
-
-    @property
-    def int8_model(self) -> Path:
-        return self.out_dir / INT8_FILE
-
-    @property
-    def exits_json(self) -> Path:
-        return self.out_dir / EXITS_FILE
+    # the files of the export folder
+    model = property(lambda self: self.out_dir / MODEL_FILE)
+    static_model = property(lambda self: self.out_dir / STATIC_FILE)
+    int8_model = property(lambda self: self.out_dir / INT8_FILE)
+    exits_json = property(lambda self: self.out_dir / EXITS_FILE)
 
     def summary(self) -> str:
         """What `edgenas export` prints: files, the checks, and one line per exit."""
         lines = [f"exported to {self.out_dir}: {MODEL_FILE} ({self.sizes.get(MODEL_FILE, 0) / 1024:.0f} KiB), "
                  f"{STATIC_FILE}, {INT8_FILE} ({self.sizes.get(INT8_FILE, 0) / 1024:.0f} KiB), {EXITS_FILE}",
                  f"checked on {self.n_check_samples} test samples: fp32 accuracy {self.fp32_accuracy:.4f}, same exit as "
-                 f"PyTorch {self.fp32_exit_agreement:.1%}, max |dlogit| {self.fp32_max_abs_diff:.1e} (<= {MAX_ABS_LOGIT_DIFF:g}); "
+                 f"PyTorch {self.fp32_exit_agreement:.1%}, max |dlogit| {self.fp32_max_abs_diff:.1e} (<= {LOGIT_TOLERANCE:g}); "
                  f"int8 accuracy {self.int8_accuracy:.4f} (drop {self.int8_accuracy_drop * 100:+.2f} pt), same exit as "
                  f"fp32 {self.int8_exit_agreement:.1%}",
                  f"expected MACs {self.expected_macs:,.0f} of {self.exits[-1].macs:,} worst case"]
@@ -162,24 +153,13 @@ def _prepare_out_dir(out_dir: Path) -> tuple[Path, list[Path]]:
     return out_dir, created
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished temp folder into place; an earlier export is replaced as a whole."""
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "export")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # checks
 def _require_match(ag: Agreement) -> None:
-    if ag.exit_agreement < 1.0 or ag.max_abs_diff > MAX_ABS_LOGIT_DIFF:
+    if ag.exit_agreement < 1.0 or ag.max_abs_diff > LOGIT_TOLERANCE:
         raise EdgenasError(
             f"the exported model does not reproduce PyTorch: exit differs on {ag.n_exit_mismatches} of "
-            f"{ag.n_samples} samples, max |logit difference| {ag.max_abs_diff:.3g} (limit {MAX_ABS_LOGIT_DIFF:g})",
+            f"{ag.n_samples} samples, max |logit difference| {ag.max_abs_diff:.3g} (limit {LOGIT_TOLERANCE:g})",
             "a threshold within float rounding of a sample's exit score flips that sample: move the threshold by "
             "1e-6; otherwise report the network")
 
@@ -193,8 +173,8 @@ def _check_static(net: EarlyExitNet, static_path: Path, x: np.ndarray) -> None:
     if conf.shape[1]:
         diff = max(diff, max(float(np.abs(out[f"conf_{i}"] - conf[:, i].numpy()).max())
                              for i in range(conf.shape[1])))
-    if diff > MAX_ABS_LOGIT_DIFF:
-        raise EdgenasError(f"the static model differs from PyTorch by {diff:.3g} (limit {MAX_ABS_LOGIT_DIFF:g})",
+    if diff > LOGIT_TOLERANCE:
+        raise EdgenasError(f"the static model differs from PyTorch by {diff:.3g} (limit {LOGIT_TOLERANCE:g})",
                            "report the network: an exported stage does not reproduce its module")
 
 
@@ -284,7 +264,7 @@ def export_model(net: EarlyExitNet, out_dir: Path, check_x: np.ndarray, check_y:
                              files={"model": MODEL_FILE, "static": STATIC_FILE, "int8": INT8_FILE}, meta=meta)
         write_exits_json(tmp, doc)
         sizes = _sizes(tmp)
-        _publish(tmp, out_dir)
+        publish_folder(tmp, out_dir)  # an earlier export is replaced as a whole
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_created(created)

@@ -37,6 +37,26 @@ def take_exits(logits_per_exit: Sequence[torch.Tensor], exit_idx: torch.Tensor) 
     return stacked[torch.arange(stacked.shape[0]), exit_idx]
 
 
+class ExitHead(nn.Module):
+    """Intermediate exit of every space: ReLU -> conv3x3 to `channels` (stride 2 on maps of 8 px or more) -> ReLU ->
+    GAP -> Linear(n_classes + 1).
+
+    The extra output is the confidence logit (NACHOS / Pomponi et al.); no BN, as in the reference heads.
+    """
+
+    def __init__(self, c_in: int, spatial: int, n_classes: int, channels: int):
+        super().__init__()
+        stride = 2 if spatial >= 8 else 1
+        self.pre = nn.ReLU()
+        self.conv = nn.Conv2d(c_in, channels, 3, stride, 1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, n_classes + 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.act(self.conv(self.pre(h)))), 1))
+
+
 class EarlyExitNet(nn.Module):
     def __init__(self, segments: Sequence[nn.Module], heads: Sequence[nn.Module], n_classes: int,
                  input_shape: Sequence[int], thresholds: Sequence[float] | None = None):

@@ -5,12 +5,11 @@
     reference = load_reference(folder, n_inputs=16, n_classes=10, input_size=64)
 
 Every problem (a file given instead of a folder, a file that is not JSON, a missing key, a value of the wrong type
-or shape) is an EdgenasError naming the file, raised before anything runs. `sha256_of` is the digest `compile`
-records for each file the profile loads as code (a host build's model.so) and `check_sha256` compares against it.
+or shape) is an EdgenasError naming the file, raised before anything runs. `check_sha256` compares a file the profile
+loads as code (a host build's model.so) with the digest `compile` recorded for it (compile.outputs.sha256_of).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -19,10 +18,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from edgenas.compile.outputs import REFERENCE_FILE, sha256_of
 from edgenas.errors import EdgenasError
-from edgenas.paths import nearest_existing
-
-REFERENCE_FILE = "reference.json"
+from edgenas.fileio import nearest_existing
 
 
 def artefact_folder(folder, report_file: str) -> Path:
@@ -91,14 +89,6 @@ def load_reference(folder: Path, n_inputs: int, n_classes: int | None, input_siz
     if input_size is not None:
         _numbers(doc.get("inputs"), (n_inputs, input_size), path, "inputs", np.float64)
     return doc
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_sha256(path: Path, expected, report: Path) -> None:

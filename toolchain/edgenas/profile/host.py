@@ -9,86 +9,14 @@ with the compile-time onnxruntime reference, plus `device` and `target`.
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from edgenas.errors import EdgenasError
-
-DEFAULT_REPEATS = 20
-LOGIT_TOLERANCE = 1e-4
-
-
-def _as_target(target):
-    from edgenas.targets import load_target
-    return load_target(target) if isinstance(target, (str, Path)) else target
-
-
-BUILD_KEYS = {"target": str, "library": str, "library_arch": str, "onnx_model": str, "input_shape": list,
-              "n_classes": int, "n_test_inputs": int, "sha256": dict}
-
-
-def check_artefact(artefact, target) -> dict:
-    """The build report of `artefact`, checked against the target it is profiled for, before anything is loaded.
-
-    model.so is code: its constructor runs when it is loaded. It is loaded only when its SHA-256 is the one
-    `compile` recorded in build.json (so is model.onnx); whoever can replace the library can also rewrite
-    build.json, so this catches a changed or foreign file, not a forged folder: profile only folders you built.
-    """
-    from edgenas.compile.host import LIBRARY_FILE, ONNX_FILE, REPORT_FILE, load_build_report
-    from edgenas.profile.artefact import artefact_folder, check_sha256, load_reference, read_json_object
-
-    artefact = artefact_folder(artefact, REPORT_FILE)
-    load_build_report(artefact)  # the format
-    report = artefact / REPORT_FILE
-    build = read_json_object(report, BUILD_KEYS)
-    if build["target"] != target.name:
-        raise EdgenasError(f"{artefact} was built for target {build['target']}, not {target.name}",
-                           f"profile it with --target {build['target']}, or recompile it for {target.name}")
-    if (build["library"], build["onnx_model"]) != (LIBRARY_FILE, ONNX_FILE):
-        raise EdgenasError(f"{report} names library '{build['library']}' and model '{build['onnx_model']}', not "
-                           f"{LIBRARY_FILE} and {ONNX_FILE} of the folder", "rebuild the folder with `edgenas compile`")
-    shape = build["input_shape"]
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-        raise EdgenasError(f"{report}: 'input_shape' {shape} is not a list of positive integers",
-                           "rebuild the folder with `edgenas compile`")
-    for name in (LIBRARY_FILE, ONNX_FILE):
-        if not (artefact / name).is_file():
-            raise EdgenasError(f"{artefact / name} not found", "rebuild the folder with `edgenas compile`")
-        check_sha256(artefact / name, build["sha256"].get(name), report)
-    load_reference(artefact, build["n_test_inputs"], build["n_classes"], int(np.prod(shape[1:])))
-    return build
-
-
-def check_profile(doc: dict) -> dict:
-    """Fail loudly when the profiled build disagrees with the reference or an engine could not run."""
-    for engine in ("onnxruntime", "tvm"):
-        if "error" in doc.get(engine, {}):
-            raise EdgenasError(f"{engine} could not run on {doc.get('device', 'the device')}: {doc[engine]['error']}",
-                               "install it there (pip install onnxruntime apache-tvm) or rebuild the artefact")
-    for name, c in doc["check"].items():
-        if c["exit_agreement"] < 1.0 or c["max_abs_diff"] > LOGIT_TOLERANCE:
-            raise EdgenasError(f"profile check {name} failed: exit agreement {c['exit_agreement']:.3f}, "
-                               f"max |logit difference| {c['max_abs_diff']:.2e}",
-                               "rebuild the artefact; report this model")
-    return doc
-
-
-def validate_threads(threads: Sequence[int | str]) -> list[int | str]:
-    """Thread counts as given: positive integers or "max" (the CPU count of the machine that runs them)."""
-    out = []
-    for t in threads:
-        t = str(t).strip()
-        if t != "max" and not (t.isdigit() and int(t) >= 1):
-            raise EdgenasError(f"bad thread count '{t}'", "pass thread counts like 1,4 or 1,max")
-        out.append(t if t == "max" else int(t))
-    if not out:
-        raise EdgenasError("no thread counts given", "pass thread counts like 1,4 or 1,max")
-    return out
+from edgenas.fileio import atomic_write_json
+from edgenas.profile.tvm_build import DEFAULT_REPEATS, check_artefact, check_profile, validate_threads
+from edgenas.targets import as_target
 
 
 def profile_host(artefact, target, threads: Sequence[int | str] = (1, "max"), repeats: int = DEFAULT_REPEATS,
@@ -99,7 +27,7 @@ def profile_host(artefact, target, threads: Sequence[int | str] = (1, "max"), re
     """
     from edgenas.profile import runner
 
-    target = _as_target(target)
+    target = as_target(target)
     build = check_artefact(artefact, target)
     if build["library_arch"] != platform.machine():
         raise EdgenasError(f"{artefact} holds a library for {build['library_arch']}; this machine is {platform.machine()}",
@@ -113,12 +41,7 @@ def profile_host(artefact, target, threads: Sequence[int | str] = (1, "max"), re
 
 
 def write_profile(doc: dict, out) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_json(out, doc, sort_keys=False)
 
 
 def summary(doc: dict) -> str:

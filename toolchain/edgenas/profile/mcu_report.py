@@ -1,4 +1,4 @@
-"""The firmware harness's report: parsing it and turning its counts into labelled figures.
+"""The firmware harness's report (parsed by edgenas.compile.harness_report) turned into labelled figures.
 
 The harness (edgenas/compile/mcu_files/harness.c) prints, for every embedded test input, the exit it took, the
 count of each stage that ran and the logits; QEMU and a real board print the same lines. Counts are labelled by
@@ -8,66 +8,15 @@ cycles. A latency from instructions is an *estimate* (instructions * target.cpi 
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from edgenas.agreement import LOGIT_TOLERANCE, agreement
+from edgenas.compile.harness_report import HarnessReport
 from edgenas.errors import EdgenasError
 
 APB_TIMER_NS = 40  # 25 MHz CMSDK APB timer
-LOGIT_TOLERANCE = 1e-4
-
-_BEGIN = re.compile(r"EDGENAS-REPORT 1 counter=(\w+) inputs=(\d+) stages=(\d+) classes=(\d+)")
-_INPUT = re.compile(r"EDGENAS INPUT (\d+) rc=(-?\d+) exit=(-?\d+) ref_exit=(-?\d+) total=(\d+) stages=([\d,]*)")
-_LOGITS = re.compile(r"EDGENAS LOGITS (\d+)((?: \S+)*)")
-_END = re.compile(r"EDGENAS END fails=(\d+) workspace_peak=(\d+)")
-
-
-@dataclass(frozen=True)
-class InputRun:
-    index: int
-    rc: int
-    exit: int
-    firmware_ref_exit: int
-    total: int                     # counter units (ticks or cycles)
-    stages: tuple[int, ...]        # per stage that ran, its exit decision included
-    logits: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class HarnessReport:
-    counter: str                   # "apb_timer_ticks" or "dwt_cycles"
-    n_stages: int
-    n_classes: int
-    inputs: tuple[InputRun, ...]
-    fails: int                     # the firmware's own check (exit and |logit difference| <= 1e-4)
-    workspace_peak: int
-
-
-def parse_report(text: str) -> HarnessReport:
-    """Parse the harness output; other lines (boot messages, echo) are ignored."""
-    lines = text.replace("\r", "").splitlines()
-    begin = next((m for m in map(_BEGIN.search, lines) if m), None)
-    end = next((m for m in map(_END.search, lines) if m), None)
-    tail = " | ".join(ln.strip() for ln in lines[-3:] if ln.strip())[:300] or "no output"
-    if begin is None or end is None:
-        raise EdgenasError(f"incomplete firmware report (last output: {tail})",
-                           "the firmware crashed, hung or timed out; rebuild it with `edgenas compile`")
-    fault = next((ln for ln in lines if "EDGENAS FAULT" in ln or "EDGENAS KERNEL-ERROR" in ln), None)
-    if fault:
-        raise EdgenasError(f"firmware reported: {fault.strip()[:200]}", "rebuild the firmware; report this model")
-    heads = {int(m.group(1)): m for m in map(_INPUT.search, lines) if m}
-    logits = {int(m.group(1)): tuple(float(v) for v in m.group(2).split()) for m in map(_LOGITS.search, lines) if m}
-    n = int(begin.group(2))
-    if sorted(heads) != list(range(n)) or sorted(logits) != list(range(n)):
-        raise EdgenasError(f"firmware report lists {len(heads)} of {n} inputs", "re-run the profile")
-    runs = tuple(InputRun(t, int(heads[t].group(2)), int(heads[t].group(3)), int(heads[t].group(4)),
-                          int(heads[t].group(5)), tuple(int(v) for v in heads[t].group(6).split(",") if v),
-                          logits[t]) for t in range(n))
-    return HarnessReport(counter=begin.group(1), n_stages=int(begin.group(3)), n_classes=int(begin.group(4)),
-                         inputs=runs, fails=int(end.group(1)), workspace_peak=int(end.group(2)))
 
 
 def _stats(values: Sequence[float]) -> dict:
@@ -92,7 +41,10 @@ def summarize(report: HarnessReport, reference: Mapping, firmware: Mapping, targ
         raise EdgenasError(f"unknown counter '{report.counter}' in the firmware report", "rebuild the firmware")
     diffs = [float(np.max(np.abs(np.asarray(r.logits) - ref_logits[r.index]))) if r.logits else float("inf")
              for r in runs]
-    same_exit = [r.exit == int(ref_exits[r.index]) for r in runs]
+    # a LOGITS line without values compares as infinitely far (as its per-input difference says)
+    logits = np.asarray([r.logits or (np.inf,) * ref_logits.shape[1] for r in runs], dtype=np.float64)
+    ag = agreement(logits, [r.exit for r in runs], ref_logits[[r.index for r in runs]],
+                   ref_exits[[r.index for r in runs]])
     macs = firmware.get("macs_per_exit")
     per_exit, per_stage = {}, {}
     for r in runs:
@@ -117,12 +69,11 @@ def summarize(report: HarnessReport, reference: Mapping, firmware: Mapping, targ
         "per_input": [{"index": r.index, "rc": r.rc, "exit": r.exit, "ref_exit": int(ref_exits[r.index]),
                        unit: r.total * scale, f"stage_{unit}": [c * scale for c in r.stages],
                        "max_abs_diff": d} for r, d in zip(runs, diffs)],
-        "check": {"exit_agreement": float(np.mean(same_exit)) if runs else 0.0,
-                  "max_abs_diff": max(diffs) if diffs else 0.0,
+        "check": {"exit_agreement": ag.exit_agreement if runs else 0.0,
+                  "max_abs_diff": ag.max_abs_diff,
                   "tolerance": LOGIT_TOLERANCE,
                   "kernel_errors": sum(1 for r in runs if r.rc != 0),
-                  "passed": bool(runs) and all(same_exit) and max(diffs) <= LOGIT_TOLERANCE
-                  and all(r.rc == 0 for r in runs)},
+                  "passed": ag.passed and all(r.rc == 0 for r in runs)},
         "exits_exercised": sorted(int(e) for e in per_exit),
         "workspace_peak_bytes": report.workspace_peak,
     }

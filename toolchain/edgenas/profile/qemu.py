@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
+from edgenas.compile.firmware import QEMU, qemu_command
+from edgenas.compile.harness_report import parse_report
 from edgenas.errors import EdgenasError
 from edgenas.profile.artefact import load_firmware_folder
-from edgenas.profile.mcu_report import parse_report, summarize
+from edgenas.profile.mcu_report import summarize
 
-QEMU = "qemu-system-arm"
 REPORT_CHANNEL = "uart"  # firmware.json `report_channel` of builds without semihosting (uart_retarget.c)
 _EXIT = re.compile(r"EDGENAS EXIT status=(-?\d+)")
-
-
-def qemu_command(elf: Path, machine: str, icount_shift: int = 0) -> list[str]:
-    return [QEMU, "-M", machine, "-nodefaults", "-nic", "none", "-display", "none", "-monitor", "none",
-            "-serial", "stdio", "-semihosting-config", "enable=off", "-no-reboot",
-            "-icount", f"shift={icount_shift}", "-kernel", str(elf)]
 
 
 def firmware_exit_status(output: str) -> int | None:

@@ -1,8 +1,9 @@
 """Self-contained profiling runner for a host / Cortex-A build folder (`edgenas compile --target x86-host|rpi4`).
 
 This file is copied as is to a Cortex-A board by `profile_ssh` and run there with the board's Python, so it imports
-nothing from edgenas: only the standard library, numpy, and whichever of onnxruntime and tvm are installed
-(a missing one is reported in the JSON, not fatal). `profile_host` imports it and calls `profile_artefact`.
+nothing from edgenas but edgenas/agreement.py, which is copied beside it: only the standard library, numpy, and
+whichever of onnxruntime and tvm are installed (a missing one is reported in the JSON, not fatal). `profile_host`
+imports it and calls `profile_artefact`.
 
     python3 runner.py BUILD_DIR --threads 1,max --repeats 20 --out profile.json
 
@@ -31,6 +32,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from edgenas.agreement import agreement
+except ImportError:  # on a board without edgenas: profile_ssh copies agreement.py beside this file
+    from agreement import agreement
 
 FORMAT = "edgenas-host-profile/1"
 BATCH = 5          # runs per timed batch
@@ -229,10 +235,9 @@ def profile_tvm(library: Path, x: np.ndarray, threads: int, repeats: int) -> dic
 
 # ------------------------------------------------------------------------------------------------ both
 def _agreement(a, b) -> dict:
-    (la, ea), (lb, eb) = a, b
-    same = ea == eb
-    return {"exit_agreement": float(same.mean()) if len(same) else 1.0,
-            "max_abs_diff": float(np.max(np.abs(la - lb))) if len(same) else 0.0}
+    """edgenas.agreement's rule: max_abs_diff over the inputs whose exit matched."""
+    ag = agreement(a[0], a[1], b[0], b[1])
+    return {"exit_agreement": ag.exit_agreement, "max_abs_diff": ag.max_abs_diff}
 
 
 def _versions() -> dict:

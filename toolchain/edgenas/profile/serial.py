@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 
+from edgenas.compile.harness_report import parse_report
 from edgenas.errors import EdgenasError
-from edgenas.profile.mcu_report import parse_report, summarize
+from edgenas.profile.mcu_report import summarize
 
 END_MARK = "EDGENAS END"
 

@@ -2,9 +2,9 @@
 
     profile = profile_ssh("build/", load_target("rpi4"), "pi@raspberrypi.local")
 
-The build folder's library, ONNX model and reference, plus the self-contained `runner.py`, are copied into a fresh
-temporary folder on the board (scp), the runner is started there with the board's Python (ssh), and its JSON is
-copied back; the remote folder is removed afterwards. The board needs numpy, onnxruntime and apache-tvm (aarch64
+The build folder's library, ONNX model and reference, plus `runner.py` and the `agreement.py` it imports, are
+copied into a fresh temporary folder on the board (scp), the runner is started there with the board's Python (ssh),
+and its JSON is copied back; the remote folder is removed afterwards. The board needs numpy, onnxruntime and apache-tvm (aarch64
 wheels exist on PyPI); an engine that is missing there is reported as an error.
 
 Every command is an argument list (no local shell). ssh hands the remote command to the remote user's shell, so each
@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Sequence
 
 from edgenas.errors import EdgenasError
-from edgenas.profile.host import DEFAULT_REPEATS, _as_target, check_artefact, check_profile, validate_threads
+from edgenas.profile.tvm_build import DEFAULT_REPEATS, check_artefact, check_profile, validate_threads
+from edgenas.targets import as_target
 
 RUNNER = Path(__file__).with_name("runner.py")
+AGREEMENT = Path(__file__).parent.parent / "agreement.py"  # the runner's one edgenas import
 SHIPPED = ("model.so", "model.onnx", "reference.json", "build.json")
 
 
@@ -154,7 +156,7 @@ def profile_ssh(artefact, target, device: str | SshTransport | LocalTransport,
     """
     import json
 
-    target = _as_target(target)
+    target = as_target(target)
     check_artefact(artefact, target)
     transport = parse_device(device) if isinstance(device, str) else device
     if repeats < 1:
@@ -169,6 +171,7 @@ def profile_ssh(artefact, target, device: str | SshTransport | LocalTransport,
                 shutil.copyfile(Path(artefact) / name, ship / name)
             transport.put(ship, remote)
             transport.put(RUNNER, remote)
+            transport.put(AGREEMENT, remote)
             out_remote = f"{remote}/profile.json"
             run = transport.run([python or transport.python, f"{remote}/runner.py", f"{remote}/artefact",
                                  "--threads", spec, "--repeats", str(repeats), "--out", out_remote], timeout_s)

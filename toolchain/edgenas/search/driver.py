@@ -10,22 +10,19 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from edgenas.errors import EdgenasError
-from edgenas.paths import missing_folders
+from edgenas.fileio import missing_folders
 from edgenas.runtime import JOB_THREADS, torch_threads
 from edgenas.search.evaluate import EvaluationConfig
 from edgenas.search.executors import ExecutorConfig, open_executor, timed_record
-from edgenas.search.flatnas import FlatnasConfig, FlatnasMethod
-from edgenas.search.nachos import NachosMethod
-from edgenas.search.operators import CanonicalRepair, ResetMutation, SpaceSampling
+from edgenas.search.flatnas import FlatnasConfig
+from edgenas.search.nsga2 import run_nsga2
 from edgenas.search.pareto import choose_best, closest_misses, hypervolume_2d, pareto_members
 from edgenas.search.finetune import member_view
-from edgenas.search.runfolder import (ARCHIVE, CONFIG, FINETUNED, PARETO, SUPERNET, RunFolder, atomic_torch_save,
-                                      atomic_write_json, read_json)
+from edgenas.search.runfolder import ARCHIVE, CONFIG, FINETUNED, PARETO, SUPERNET, RunFolder, checkpoint_dict
 from edgenas.train.exits import ExitTrainingConfig
 from edgenas.train.finetune import FinetuneConfig
 from edgenas.train.supernet import SupernetConfig
@@ -77,13 +74,18 @@ class SearchConfig:
 
 
 def method_for(cfg: SearchConfig):
+    """The registered method object (search.methods) that scores candidates for `cfg`."""
+    from edgenas.search.methods import method_class
     if cfg.exit_slots not in ("policy", "genome"):
         raise EdgenasError(f"unknown exit_slots '{cfg.exit_slots}'", "use 'policy' or 'genome'")
-    if cfg.method == "nachos":
-        return NachosMethod()
-    if cfg.method == "flatnas":
-        return FlatnasMethod(cfg.flatnas)
-    raise EdgenasError(f"unknown NSGA-II search method '{cfg.method}'", "use nachos or flatnas")
+    cls = method_class(cfg.method)
+    if not hasattr(cls, "for_config"):
+        raise EdgenasError(f"--method {cfg.method} is not an NSGA-II search method", "use nachos or flatnas")
+    from edgenas.spaces import space_family
+    if space_family(cfg.space) not in cls.spaces:
+        raise EdgenasError(f"--method {cfg.method} does not search the space '{cfg.space}'",
+                           f"use --space {' or '.join(cls.spaces)}")
+    return cls.for_config(cfg)
 
 
 class NoFeasibleCandidate(EdgenasError):
@@ -173,7 +175,7 @@ def _opened_folder(folder: RunFolder, cfg: SearchConfig, resume: bool, ui):
     try:
         with folder.locked():
             if created is not None:
-                atomic_write_json(folder.file(CONFIG), {**cfg.to_dict(), "versions": versions()})
+                folder.write_json(CONFIG, {**cfg.to_dict(), "versions": versions()})
             for name in (ARCHIVE, FINETUNED):
                 cut = folder.cut_torn_tail(name)
                 if cut:
@@ -215,7 +217,7 @@ def load_or_train_supernet(folder: RunFolder, space, data, cfg: SearchConfig, ui
     with ui.task(f"training supernet ({cfg.supernet.steps} steps, {where})", -(-cfg.supernet.steps // every)) as advance:
         train_supernet(space, supernet, data, cfg.supernet, cfg.seed, progress_every=every,
                        progress=lambda step, loss: advance(f"step {step} loss {loss:.3f}"), device=device)
-    atomic_torch_save(path, supernet.state_dict())
+    folder.write_supernet(supernet.state_dict())
     return supernet
 
 
@@ -249,7 +251,7 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
     """run_search's work once the folder is prepared and locked."""
     import torch
 
-    from edgenas.report import write_pareto_plot, write_report
+    from edgenas.search.report import write_pareto_plot, write_report
     # a corrupt archive is refused before any work (finetuned.jsonl is read again when the members are prepared)
     records = folder.read_archive(required=("key",))
     folder.read_archive(FINETUNED)
@@ -302,10 +304,9 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
     # (a --resume, e.g. the next `make demo`) fine-tunes the rest
     only_best = cfg.finetune_members == "best" and new > 0
     members = prepare_members(folder, space, method, evaluator, members, data, cfg, ui, executor, device, only_best)
-    atomic_write_json(folder.file(PARETO), {"members": [m["id"] for m in members], "hypervolume": hv,
-                                            "hypervolume_reference": list(ref), "objectives": list(method.objective_names),
-                                            "method": method.name,
-                                            "weights": "finetuned" if cfg.finetune.steps > 0 else "inherited"})
+    folder.write_json(PARETO, {"members": [m["id"] for m in members], "hypervolume": hv,
+                               "hypervolume_reference": list(ref), "objectives": list(method.objective_names),
+                               "method": method.name, "weights": "finetuned" if cfg.finetune.steps > 0 else "inherited"})
     write_pareto_plot(folder.file("pareto.png"), records, members, budgets, target.name)
     write_report(folder.file("report.md"), cfg, target, budgets, records, members, hv)
     result = SearchResult(folder.path, records, members, hv, time.time() - t0, len(records), new)
@@ -316,33 +317,6 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
         raise NoFeasibleCandidate(f"no candidate meets the budgets ({len(records)} evaluated); closest: {detail}",
                                   "relax the budgets or raise --pop-size/--generations; the archive is kept in " + str(folder.path))
     return result
-
-
-def run_nsga2(space, evaluate_genome: Callable, method, budgets, pop_size: int, n_gen: int, seed: int,
-              archive: Callable[[], list[dict]], prefetch: Callable | None = None, open_exits: bool = False) -> None:
-    """Ask/tell NSGA-II loop; the caller's evaluate_genome owns caching and archiving.
-
-    Before each survival step the method may re-normalise its objectives over the archive (FlatNAS's alpha_norm);
-    the survivors' F is then recomputed so old and new individuals are compared on one scale.
-    """
-    from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.operators.crossover.pntx import TwoPointCrossover
-
-    from edgenas.search.problem import SearchProblem
-    problem = SearchProblem(space, evaluate_genome, method, budgets)
-    algorithm = NSGA2(pop_size=pop_size, sampling=SpaceSampling(space), crossover=TwoPointCrossover(prob=0.9),
-                      mutation=ResetMutation(), repair=CanonicalRepair(space, open_exits), eliminate_duplicates=True)
-    algorithm.setup(problem, termination=("n_gen", n_gen), seed=seed, verbose=False)
-    while algorithm.has_next():
-        pop = algorithm.ask()
-        if prefetch is not None:  # evaluate the whole offspring at once (in parallel), in population order
-            prefetch([ind.X for ind in pop])
-        algorithm.evaluator.eval(problem, pop)
-        method.refresh(archive())
-        for group in (pop, algorithm.pop if algorithm.pop is not None else []):
-            for ind in group:
-                ind.F = np.array(method.objectives(evaluate_genome(ind.X, count=False)), dtype=float)
-        algorithm.tell(infills=pop)
 
 
 def prepare_members(folder: RunFolder, space, method, evaluator, members: list[dict], data, cfg: SearchConfig,
@@ -387,7 +361,7 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
         with ui.task(what, len(tune) + len(keep)) as advance:
             for record in records():
                 # the checkpoint first: a finetuned.jsonl line without its checkpoint means "fine-tune it again"
-                atomic_torch_save(folder.checkpoint_path(record["id"]), record.pop(CHECKPOINT))
+                folder.write_checkpoint(record["id"], record.pop(CHECKPOINT))
                 archived = next(m for m in members if m["id"] == record["id"])
                 if record["weights"] == "finetuned":
                     folder.append_record(record, FINETUNED)
@@ -396,104 +370,3 @@ def prepare_members(folder: RunFolder, space, method, evaluator, members: list[d
                 else:
                     advance(f"#{record['id']} saved")
     return [member_view(m, done.get(m["id"])) for m in members]
-
-
-def checkpoint_dict(space_name: str, n_classes: int, in_channels: int, record: dict, net) -> dict:
-    """What `load_candidate` needs to rebuild the deployed network: architecture, exit policy (active heads, the
-    deployed thresholds, the exit the network was cut after) and weights. Format 2 added `truncated_after_exit`,
-    format 3 `weights` (what the weights are: "inherited" from the supernet, "finetuned", "retrained")."""
-    return {"format": "edgenas-candidate/3", "space": space_name, "id": int(record["id"]), "arch": record["arch"],
-            "active_exits": record["active_exits"], "thresholds": record["thresholds"],
-            "truncated_after_exit": record["truncated_after_exit"], "weights": record["weights"],
-            "n_classes": int(n_classes), "in_channels": int(in_channels),
-            "state_dict": net.state_dict()}
-
-
-def _run_members(run_dir) -> tuple[RunFolder, dict, dict[int, dict], list[dict]]:
-    """(folder, config, archive records by id, Pareto members) of a finished run."""
-    folder = RunFolder(run_dir)
-    if not Path(run_dir).is_dir():
-        raise EdgenasError(f"run folder not found: {run_dir}", "pass the --out folder of an `edgenas search` run")
-    config = folder.read_config()
-    # a ZO-DARTS+ run without --target records target null
-    missing = [k for k, optional in (("dataset", False), ("target", True))
-               if not isinstance(config.get(k), str) and not (optional and config.get(k) is None)]
-    if missing:
-        raise EdgenasError(f"{folder.file(CONFIG)} lacks {', '.join(missing)}",
-                           "the file is corrupt; restore it or re-run the search")
-    pareto = read_json(folder.file(PARETO), "pareto.json", dict)
-    ids = pareto.get("members")
-    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
-        raise EdgenasError(f"{folder.file(PARETO)} has no list of member ids",
-                           "the file is corrupt; re-run the search with --resume to rewrite it")
-    if not folder.file(ARCHIVE).is_file():
-        raise EdgenasError(f"archive not found: {folder.file(ARCHIVE)}",
-                           "restore it, or re-run the search; the Pareto members are read from it")
-    # export reads these fields of every archived member (and --best its figures)
-    records = {r["id"]: r for r in folder.read_archive(required=("arch", "description", "val_accuracy",
-                                                                    "latency_expected_s", "n_exits"))}
-    finetuned = ({r["id"]: r for r in folder.read_archive(FINETUNED, required=("val_accuracy", "latency_expected_s"))}
-                 if pareto.get("weights") == "finetuned" else {})
-    members = [member_view(records[i], finetuned.get(i)) for i in ids if i in records]
-    records.update({m["id"]: m for m in members})
-    if not members:
-        raise EdgenasError(f"{run_dir} has no Pareto members", "the search found no candidate within the budgets")
-    return folder, config, records, members
-
-
-def pareto_records(run_dir) -> list[dict]:
-    """The Pareto members of a finished run as reported and exported (fine-tuned figures when fine-tuned, the
-    archive's under "inherited"; see search.finetune.member_view)."""
-    return _run_members(run_dir)[3]
-
-
-def best_member(run_dir) -> tuple[dict, str]:
-    """(record, one-line reason) of the Pareto member `edgenas export --best` takes (see pareto.choose_best)."""
-    return choose_best(_run_members(run_dir)[3])
-
-
-def load_candidate(run_dir, candidate: int | None = None):
-    """(EarlyExitNet in eval mode, archive record, run config) of a Pareto member; candidate None = the best one."""
-    import torch
-
-    from edgenas.spaces import create_space
-    from edgenas.nn.early_exit import deployed_network
-    folder, config, records, members = _run_members(run_dir)
-    if candidate is None:
-        record, _ = choose_best(members)
-    else:
-        if candidate not in records:
-            raise EdgenasError(f"candidate {candidate} is not in {run_dir}/archive.jsonl",
-                               f"choose one of the Pareto members: {', '.join(str(m['id']) for m in members)}")
-        record = records[candidate]
-    path = folder.checkpoint_path(record["id"])
-    if not path.is_file():
-        raise EdgenasError(f"candidate {record['id']} has no checkpoint in {path.parent}",
-                           f"checkpoints exist for the Pareto members: {', '.join(str(m['id']) for m in members)}")
-    try:
-        ckpt = torch.load(path, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise EdgenasError(f"cannot read checkpoint {path} ({type(exc).__name__})", "the file is corrupt; re-run the search with --resume to rewrite it") from None
-    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if not isinstance(fmt, str) or not fmt.startswith("edgenas-candidate/"):
-        raise EdgenasError(f"{path} is not an edgenas candidate checkpoint",
-                           "the file is corrupt or foreign; re-run the search with --resume to rewrite it")
-    if ckpt.get("id") != record["id"]:
-        raise EdgenasError(f"{path} holds candidate {ckpt.get('id')}, not {record['id']}",
-                           "the run folder is inconsistent; re-run the search with --resume to rewrite it")
-    try:
-        space = create_space(ckpt["space"])
-        arch = space.arch_from_dict(ckpt["arch"])
-        net = space.build_empty(arch, ckpt["in_channels"], ckpt["n_classes"])
-        # format-1 checkpoints predate truncation: their networks always end at the final exit
-        net = deployed_network(net, ckpt["active_exits"], ckpt["thresholds"], ckpt.get("truncated_after_exit"))
-        net.load_state_dict(ckpt["state_dict"])
-    except EdgenasError:
-        raise
-    except Exception as exc:  # a checkpoint is data: whatever does not fit its architecture is a corrupt file
-        raise EdgenasError(f"checkpoint {path} does not match its architecture ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})",
-                           "the file is corrupt; re-run the search with --resume to rewrite it") from None
-    net.eval()
-    # formats 1-2 predate fine-tuning: their weights are the inherited ones
-    return net, {**record, "weights": ckpt.get("weights", "inherited")}, config

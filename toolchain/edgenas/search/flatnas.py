@@ -22,6 +22,8 @@ import torch
 
 from edgenas import runtime
 from edgenas.search.evaluate import N_CONSTRAINTS, CandidateEvaluator, constraint_values
+from edgenas.search.methods import register_method
+from edgenas.search.nsga2 import Nsga2Method
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,21 @@ class FlatnasEvaluator(CandidateEvaluator):
                 "ood_samples": n}
 
 
-class FlatnasMethod:
+@register_method
+class FlatnasMethod(Nsga2Method):
     name = "flatnas"
     n_constraints = N_CONSTRAINTS
 
-    def __init__(self, config: FlatnasConfig):
+    def __init__(self, options=None, config: FlatnasConfig | None = None):
+        super().__init__(options)
+        config = config or FlatnasConfig()
         self.config = config
         self.alpha_norm = 1.0
         self.objective_names = ("top1_robust", config.second_objective)
+
+    @classmethod
+    def for_config(cls, cfg):
+        return cls(config=cfg.flatnas)
 
     def make_evaluator(self, space, supernet, data, target, budgets, cfg, device: str = "cpu") -> FlatnasEvaluator:
         return FlatnasEvaluator(space, supernet, data, target, budgets, cfg.evaluation, cfg.seed, device=device,

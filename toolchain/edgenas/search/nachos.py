@@ -13,9 +13,12 @@ Differences from the reference (research/nachos_flatnas.md), each deliberate:
 from __future__ import annotations
 
 from edgenas.search.evaluate import N_CONSTRAINTS, CandidateEvaluator, constraint_values, objective_values
+from edgenas.search.methods import register_method
+from edgenas.search.nsga2 import Nsga2Method
 
 
-class NachosMethod:
+@register_method
+class NachosMethod(Nsga2Method):
     name = "nachos"
     objective_names = ("val_error", "latency_expected_s")
     n_constraints = N_CONSTRAINTS

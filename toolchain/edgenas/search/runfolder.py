@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
-from edgenas.paths import naming_path
+from edgenas.search.finetune import member_view
+from edgenas.search.pareto import choose_best
+from edgenas.fileio import atomic_torch_save, atomic_write_json, atomic_write_text, naming_path
 
 ARCHIVE = "archive.jsonl"
 CONFIG = "config.json"
@@ -29,37 +30,6 @@ SUPERNET = "supernet.pt"
 CHECKPOINTS = "checkpoints"
 FINETUNED = "finetuned.jsonl"
 LOCK = ".lock"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise naming_path(exc, path) from None
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_torch_save(path: Path, obj) -> None:
-    import io
-
-    import torch
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 class RunFolder:
@@ -150,7 +120,17 @@ class RunFolder:
             os.close(fd)
 
     def rewrite_archive(self, records: list[dict]) -> None:
-        atomic_write_bytes(self.file(ARCHIVE), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+        atomic_write_text(self.file(ARCHIVE), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def write_json(self, name: str, obj) -> Path:
+        """A JSON file of the run (config.json, pareto.json, ...), written atomically."""
+        return atomic_write_json(self.file(name), obj)
+
+    def write_checkpoint(self, cand_id: int, checkpoint: dict) -> Path:
+        return atomic_torch_save(self.checkpoint_path(cand_id), checkpoint)
+
+    def write_supernet(self, state_dict: dict) -> Path:
+        return atomic_torch_save(self.file(SUPERNET), state_dict)
 
     def read_config(self) -> dict:
         return read_json(self.file(CONFIG), "run config", dict)
@@ -172,3 +152,105 @@ def read_json(path: Path, what: str, kind: type | None = None):
         raise EdgenasError(f"{path} is not a JSON {'object' if kind is dict else kind.__name__}",
                            "the file is corrupt; re-run the step that wrote it")
     return value
+
+
+# ------------------------------------------------------------------------------------------- a finished run
+def checkpoint_dict(space_name: str, n_classes: int, in_channels: int, record: dict, net) -> dict:
+    """What `load_candidate` needs to rebuild the deployed network: architecture, exit policy (active heads, the
+    deployed thresholds, the exit the network was cut after) and weights. Format 2 added `truncated_after_exit`,
+    format 3 `weights` (what the weights are: "inherited" from the supernet, "finetuned", "retrained")."""
+    return {"format": "edgenas-candidate/3", "space": space_name, "id": int(record["id"]), "arch": record["arch"],
+            "active_exits": record["active_exits"], "thresholds": record["thresholds"],
+            "truncated_after_exit": record["truncated_after_exit"], "weights": record["weights"],
+            "n_classes": int(n_classes), "in_channels": int(in_channels),
+            "state_dict": net.state_dict()}
+
+
+def _run_members(run_dir) -> tuple[RunFolder, dict, dict[int, dict], list[dict]]:
+    """(folder, config, archive records by id, Pareto members) of a finished run."""
+    folder = RunFolder(run_dir)
+    if not Path(run_dir).is_dir():
+        raise EdgenasError(f"run folder not found: {run_dir}", "pass the --out folder of an `edgenas search` run")
+    config = folder.read_config()
+    # a ZO-DARTS+ run without --target records target null
+    missing = [k for k, optional in (("dataset", False), ("target", True))
+               if not isinstance(config.get(k), str) and not (optional and config.get(k) is None)]
+    if missing:
+        raise EdgenasError(f"{folder.file(CONFIG)} lacks {', '.join(missing)}",
+                           "the file is corrupt; restore it or re-run the search")
+    pareto = read_json(folder.file(PARETO), "pareto.json", dict)
+    ids = pareto.get("members")
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise EdgenasError(f"{folder.file(PARETO)} has no list of member ids",
+                           "the file is corrupt; re-run the search with --resume to rewrite it")
+    if not folder.file(ARCHIVE).is_file():
+        raise EdgenasError(f"archive not found: {folder.file(ARCHIVE)}",
+                           "restore it, or re-run the search; the Pareto members are read from it")
+    # export reads these fields of every archived member (and --best its figures)
+    records = {r["id"]: r for r in folder.read_archive(required=("arch", "description", "val_accuracy",
+                                                                    "latency_expected_s", "n_exits"))}
+    finetuned = ({r["id"]: r for r in folder.read_archive(FINETUNED, required=("val_accuracy", "latency_expected_s"))}
+                 if pareto.get("weights") == "finetuned" else {})
+    members = [member_view(records[i], finetuned.get(i)) for i in ids if i in records]
+    records.update({m["id"]: m for m in members})
+    if not members:
+        raise EdgenasError(f"{run_dir} has no Pareto members", "the search found no candidate within the budgets")
+    return folder, config, records, members
+
+
+def pareto_records(run_dir) -> list[dict]:
+    """The Pareto members of a finished run as reported and exported (fine-tuned figures when fine-tuned, the
+    archive's under "inherited"; see search.finetune.member_view)."""
+    return _run_members(run_dir)[3]
+
+
+def best_member(run_dir) -> tuple[dict, str]:
+    """(record, one-line reason) of the Pareto member `edgenas export --best` takes (see pareto.choose_best)."""
+    return choose_best(_run_members(run_dir)[3])
+
+
+def load_candidate(run_dir, candidate: int | None = None):
+    """(EarlyExitNet in eval mode, archive record, run config) of a Pareto member; candidate None = the best one."""
+    import torch
+
+    from edgenas.spaces import create_space
+    from edgenas.nn.early_exit import deployed_network
+    folder, config, records, members = _run_members(run_dir)
+    if candidate is None:
+        record, _ = choose_best(members)
+    else:
+        if candidate not in records:
+            raise EdgenasError(f"candidate {candidate} is not in {run_dir}/archive.jsonl",
+                               f"choose one of the Pareto members: {', '.join(str(m['id']) for m in members)}")
+        record = records[candidate]
+    path = folder.checkpoint_path(record["id"])
+    if not path.is_file():
+        raise EdgenasError(f"candidate {record['id']} has no checkpoint in {path.parent}",
+                           f"checkpoints exist for the Pareto members: {', '.join(str(m['id']) for m in members)}")
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise EdgenasError(f"cannot read checkpoint {path} ({type(exc).__name__})", "the file is corrupt; re-run the search with --resume to rewrite it") from None
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith("edgenas-candidate/"):
+        raise EdgenasError(f"{path} is not an edgenas candidate checkpoint",
+                           "the file is corrupt or foreign; re-run the search with --resume to rewrite it")
+    if ckpt.get("id") != record["id"]:
+        raise EdgenasError(f"{path} holds candidate {ckpt.get('id')}, not {record['id']}",
+                           "the run folder is inconsistent; re-run the search with --resume to rewrite it")
+    try:
+        space = create_space(ckpt["space"])
+        arch = space.arch_from_dict(ckpt["arch"])
+        net = space.build_empty(arch, ckpt["in_channels"], ckpt["n_classes"])
+        # format-1 checkpoints predate truncation: their networks always end at the final exit
+        net = deployed_network(net, ckpt["active_exits"], ckpt["thresholds"], ckpt.get("truncated_after_exit"))
+        net.load_state_dict(ckpt["state_dict"])
+    except EdgenasError:
+        raise
+    except Exception as exc:  # a checkpoint is data: whatever does not fit its architecture is a corrupt file
+        raise EdgenasError(f"checkpoint {path} does not match its architecture ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})",
+                           "the file is corrupt; re-run the search with --resume to rewrite it") from None
+    net.eval()
+    # formats 1-2 predate fine-tuning: their weights are the inherited ones
+    return net, {**record, "weights": ckpt.get("weights", "inherited")}, config

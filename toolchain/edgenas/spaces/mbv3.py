@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.errors import EdgenasError
-from edgenas.nn.early_exit import EarlyExitNet
+from edgenas.nn.early_exit import EarlyExitNet, ExitHead
 from edgenas.spaces import register_space
 
 RESOLUTIONS = (16, 24, 32)
@@ -210,25 +210,6 @@ class MBConv(nn.Module):
         return h + x if self.residual else h
 
 
-class ExitHead(nn.Module):
-    """Intermediate exit: ReLU -> conv3x3 (stride 2 on large maps) -> ReLU -> GAP -> Linear(n_classes + 1).
-
-    The extra output is the confidence logit (NACHOS / Pomponi et al.); no BN, as in the reference heads.
-    """
-
-    def __init__(self, c_in: int, spatial: int, n_classes: int, channels: int = EXIT_HEAD_CHANNELS):
-        super().__init__()
-        stride = 2 if spatial >= 8 else 1
-        self.pre = nn.ReLU()
-        self.conv = nn.Conv2d(c_in, channels, 3, stride, 1)
-        self.act = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, n_classes + 1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.act(self.conv(self.pre(h)))), 1))
-
-
 class FinalHead(nn.Module):
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, fc: nn.Linear):
         super().__init__()
@@ -367,7 +348,7 @@ class Mbv3Space:
             if s < N_STAGES - 1 and arch.exits[s]:
                 with torch.random.fork_rng():
                     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                    heads.append(ExitHead(c, spatial[s], supernet.n_classes))
+                    heads.append(ExitHead(c, spatial[s], supernet.n_classes, EXIT_HEAD_CHANNELS))
                 modules.append([])
         hidden = scaled(FINAL_HIDDEN, w)
         fc = nn.Linear(hidden, supernet.n_classes)

@@ -16,8 +16,8 @@ N cells at 4C -> head. A reduction is a fixed ResNet basic block with stride 2 (
 shortcut AvgPool 2x2 -> Conv 1x1). Every cell of the network uses the same architecture (as in NAS-Bench-201).
 
 Two builds:
-- `Nb201Supernet`: every edge a mixed op (sum of all ops weighted by the architecture probabilities, which are passed
-  to `forward`), BN without affine parameters and with batch statistics, as in the reference search code;
+- `Nb201Supernet` (spaces/nb201_supernet.py): every edge a mixed op, for ZO-DARTS+; or one discrete network's ops,
+  for NACHOS/FlatNAS;
 - `build_early_exit_net`: a discrete architecture as a standalone EarlyExitNet, 3 segments (stem + stage 1,
   reduction + stage 2, reduction + stage 3) with an exit head after each, BN affine with running statistics so it
   evaluates and exports in eval mode. Edges whose input or output can never reach the cell output are not built.
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from edgenas.errors import EdgenasError
-from edgenas.nn.early_exit import EarlyExitNet
+from edgenas.nn.early_exit import EarlyExitNet, ExitHead, drop_exits
 from edgenas.spaces import register_space
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -162,61 +162,6 @@ def check_resolution(resolution: int) -> None:
                            "use e.g. 16, 20, 24, 28 or 32")
 
 
-# ---------------------------------------------------------------------------------------------------- supernet
-class MixedEdge(nn.Module):
-    """All ops of one edge, summed with the edge's probabilities. `none` adds exactly zero and is not computed."""
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.ops = nn.ModuleList(make_op(name, c, affine=False, track=False) for name in OPS[1:])
-
-    def forward(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        out = probs[1] * self.ops[0](x)
-        for k in range(1, len(self.ops)):
-            out = out + probs[k + 1] * self.ops[k](x)
-        return out
-
-
-class SearchCell(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.edges = nn.ModuleList(MixedEdge(c) for _ in EDGES)
-
-    def forward(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        nodes = [x]
-        for i in range(1, N_NODES):
-            nodes.append(sum(self.edges[EDGES.index((i, j))](nodes[j], probs[EDGES.index((i, j))]) for j in range(i)))
-        return nodes[-1]
-
-
-class Nb201Supernet(nn.Module):
-    """Weights of the search network; the (6, 5) op probabilities are an input, so alpha lives with the optimiser."""
-
-    def __init__(self, in_channels: int, n_classes: int, C: int = 16, N: int = 3):
-        super().__init__()
-        self.in_channels, self.n_classes, self.C, self.N = in_channels, n_classes, C, N
-        chans = stage_channels(C)
-        self.stem = Stem(in_channels, C, affine=False, track=False)
-        self.stages = nn.ModuleList()
-        self.reductions = nn.ModuleList()
-        for s, c in enumerate(chans):
-            if s:
-                self.reductions.append(ResNetBasicBlock(chans[s - 1], c, affine=False, track=False))
-            self.stages.append(nn.ModuleList(SearchCell(c) for _ in range(N)))
-        self.head_bn = nn.BatchNorm2d(chans[-1], affine=False, track_running_stats=False)
-        self.classifier = nn.Linear(chans[-1], n_classes)
-
-    def forward(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)
-        for s, cells in enumerate(self.stages):
-            if s:
-                h = self.reductions[s - 1](h)
-            for cell in cells:
-                h = cell(h, probs)
-        h = torch.relu(self.head_bn(h))
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
-
-
 # ---------------------------------------------------------------------------------------------------- derived net
 class Cell(nn.Module):
     """A discrete cell: only the useful edges are built; node i sums the edges that reach it."""
@@ -236,11 +181,16 @@ class Cell(nn.Module):
         for i in range(1, N_NODES):
             terms = [op(nodes[j]) for (t, j), op in zip(self.edges, self.ops) if t == i]
             if terms:
-                total = terms[0]
-                for term in terms[1:]:
-                    total = total + term
-                nodes[i] = total
+                nodes[i] = sum_terms(terms)
         return nodes[N_NODES - 1]
+
+
+def sum_terms(terms: list[torch.Tensor]) -> torch.Tensor:
+    """terms[0] + terms[1] + ... in that order (plain additions: they export as ONNX Add nodes)."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def arch_of(net: nn.Module) -> Nb201Arch:
@@ -250,24 +200,6 @@ def arch_of(net: nn.Module) -> Nb201Arch:
         raise EdgenasError(f"network holds {len(archs)} distinct nb201 cell architectures, expected 1",
                            "pass a network built by build_early_exit_net")
     return archs.pop()
-
-
-class ExitHead(nn.Module):
-    """Intermediate exit: ReLU -> Conv 3x3 (stride 2 on maps >= 8) -> ReLU -> GAP -> Linear(n_classes + 1).
-
-    The last output column is the confidence logit of the EarlyExitNet exit rule.
-    """
-
-    def __init__(self, c_in: int, side: int, n_classes: int):
-        super().__init__()
-        self.pre = nn.ReLU()
-        self.conv = nn.Conv2d(c_in, c_in, 3, 2 if side >= 8 else 1, 1)
-        self.act = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, n_classes + 1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.act(self.conv(self.pre(h)))), 1))
 
 
 class FinalHead(nn.Module):
@@ -285,8 +217,10 @@ class FinalHead(nn.Module):
 
 
 def build_early_exit_net(arch: str | Nb201Arch, n_classes: int, in_channels: int, resolution: int, C: int = 16,
-                         N: int = 3, thresholds: Sequence[float] | None = None) -> EarlyExitNet:
-    """The discrete network of `arch` (an NAS-Bench-201 string or an Nb201Arch) with an exit after every stage.
+                         N: int = 3, thresholds: Sequence[float] | None = None,
+                         exits: Sequence[bool] | None = None) -> EarlyExitNet:
+    """The discrete network of `arch` (an NAS-Bench-201 string or an Nb201Arch) with an exit after every stage, or
+    after the stages `exits` marks (one flag per intermediate exit slot; the stages between merge into one segment).
 
     Segments: stem + N cells, reduction + N cells, reduction + N cells. Freshly initialised weights.
     """
@@ -302,8 +236,12 @@ def build_early_exit_net(arch: str | Nb201Arch, n_classes: int, in_channels: int
         first = Stem(in_channels, C, affine=True, track=True) if s == 0 else \
             ResNetBasicBlock(chans[s - 1], chans[s], affine=True, track=True)
         segments.append(nn.Sequential(first, *[Cell(arch, chans[s]) for _ in range(N)]))
-        heads.append(ExitHead(chans[s], sides[s], n_classes) if s < N_STAGES - 1 else FinalHead(chans[s], n_classes))
-    return EarlyExitNet(segments, heads, n_classes, (in_channels, resolution, resolution), thresholds)
+        heads.append(ExitHead(chans[s], sides[s], n_classes, channels=chans[s]) if s < N_STAGES - 1
+                     else FinalHead(chans[s], n_classes))
+    if exits is None or all(exits):
+        return EarlyExitNet(segments, heads, n_classes, (in_channels, resolution, resolution), thresholds)
+    net = EarlyExitNet(segments, heads, n_classes, (in_channels, resolution, resolution))
+    return drop_exits(net, list(exits), thresholds)
 
 
 def edge_probe(op: str, c: int) -> nn.Module:
@@ -323,49 +261,84 @@ class _EdgeProbe(nn.Module):
 # ---------------------------------------------------------------------------------------------------- space
 @register_space("nb201")
 class Nb201Space:
-    """Genome = 6 op indices (one per edge, EDGES order, values index OPS); network sizes fixed per space."""
+    """Genome = 6 op indices (one per edge, EDGES order, values index OPS), then one gene per intermediate exit slot
+    (after stages 1 and 2: 1 places an exit head there). Network sizes (C, N, resolution) are fixed per space."""
 
     name = "nb201"
+    exit_genes = slice(-(N_STAGES - 1), None)  # one gene per exit slot, last in the genome (as mbv3's)
 
     def __init__(self, C: int = 16, N: int = 3, resolution: int = 32):
         check_resolution(resolution)
         self.C, self.N, self.resolution = int(C), int(N), int(resolution)
-        self.lower = np.zeros(len(EDGES), dtype=int)
-        self.upper = np.full(len(EDGES), len(OPS) - 1, dtype=int)
+        self.lower = np.zeros(len(EDGES) + N_STAGES - 1, dtype=int)
+        self.upper = np.array([len(OPS) - 1] * len(EDGES) + [1] * (N_STAGES - 1), dtype=int)
 
     @property
     def n_var(self) -> int:
-        return len(EDGES)
+        return len(EDGES) + N_STAGES - 1
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.lower.copy(), self.upper.copy()
 
-    def decode(self, x: Sequence[int]) -> Nb201Arch:
+    def decode(self, x: Sequence[int]) -> "Nb201NetConfig":
         g = np.rint(np.asarray(x)).astype(int)
-        if g.shape != (self.n_var,) or np.any(g < 0) or np.any(g >= len(OPS)):
-            raise EdgenasError(f"nb201 genome must be {self.n_var} op indices in [0, {len(OPS) - 1}], got {list(g)}",
-                               f"index OPS = {OPS}")
-        return Nb201Arch.from_indices(g)
+        if g.shape != (self.n_var,) or np.any(g < self.lower) or np.any(g > self.upper):
+            raise EdgenasError(f"nb201 genome must be {len(EDGES)} op indices in [0, {len(OPS) - 1}] and "
+                               f"{N_STAGES - 1} exit flags, got {list(g)}", f"index OPS = {OPS}")
+        return Nb201NetConfig(Nb201Arch.from_indices(g[:len(EDGES)]), self.C, self.N, self.resolution,
+                              tuple(bool(b) for b in g[self.exit_genes]))
 
-    def encode(self, arch: Nb201Arch) -> np.ndarray:
-        return np.array(arch.indices(), dtype=int)
+    def encode(self, net: "Nb201NetConfig") -> np.ndarray:
+        return np.array([*net.arch.indices(), *(int(b) for b in net.exits)], dtype=int)
 
     def canonical(self, x: Sequence[int]) -> np.ndarray:
         return self.encode(self.decode(x))
 
     def key(self, x: Sequence[int]) -> str:
-        return self.decode(x).to_string()
+        return self.decode(x).describe()
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A random cell whose output depends on its input."""
+        """A random cell whose output depends on its input, with random exit flags."""
         while True:
-            g = rng.integers(0, len(OPS), size=self.n_var)
-            if self.decode(g).is_connected():
+            g = rng.integers(self.lower, self.upper + 1)
+            if self.decode(g).arch.is_connected():
                 return g
 
-    def supernet(self, in_channels: int, n_classes: int) -> Nb201Supernet:
+    def _with_exits(self, ops: str, exits: bool) -> "Nb201NetConfig":
+        return Nb201NetConfig(Nb201Arch.parse(ops), self.C, self.N, self.resolution, (exits,) * (N_STAGES - 1))
+
+    def smallest(self, exits: bool = False) -> "Nb201NetConfig":
+        """The cheapest connected cell: the input passed straight to the output (a skip_connect 3 <- 0)."""
+        return self._with_exits("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|", exits)
+
+    def largest(self, exits: bool = False) -> "Nb201NetConfig":
+        """The most expensive cell: a 3x3 convolution on every edge."""
+        return self._with_exits("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|"
+                                "nor_conv_3x3~2|", exits)
+
+    def supernet(self, in_channels: int, n_classes: int):
+        from edgenas.spaces.nb201_supernet import Nb201Supernet
         return Nb201Supernet(in_channels, n_classes, self.C, self.N)
+
+    def build(self, net: "Nb201NetConfig", supernet, head_seed: int = 0) -> EarlyExitNet:
+        """Standalone EarlyExitNet of `net` with the supernet's convolution and classifier weights (its BN layers
+        start as identities: the supernet's BN has no parameters and batch statistics; the evaluator re-estimates
+        them); exit heads freshly initialised from `head_seed`."""
+        with torch.random.fork_rng():
+            torch.manual_seed(head_seed)
+            full = build_early_exit_net(net.arch, supernet.n_classes, supernet.in_channels, net.resolution,
+                                        supernet.C, supernet.N)
+        for s in range(N_STAGES):
+            first, *cells = full.segments[s]
+            copy_convs(supernet.stem if s == 0 else supernet.reductions[s - 1], first)
+            for cell, search_cell in zip(cells, supernet.stages[s]):
+                for (t, j), op in zip(cell.edges, cell.ops):
+                    copy_convs(search_cell.edges[EDGES.index((t, j))].ops[OPS.index(cell.arch.ops[EDGES.index((t, j))]) - 1], op)
+        with torch.no_grad():
+            full.heads[-1].fc.weight.copy_(supernet.classifier.weight)
+            full.heads[-1].fc.bias.copy_(supernet.classifier.bias)
+        return full if all(net.exits) else drop_exits(full, list(net.exits), None)
 
     @staticmethod
     def arch_from_dict(d: dict) -> "Nb201NetConfig":
@@ -375,33 +348,53 @@ class Nb201Space:
         return Nb201NetConfig(arch, self.C, self.N, self.resolution).to_dict()
 
     def build_empty(self, arch: "Nb201Arch | Nb201NetConfig | str", in_channels: int, n_classes: int) -> EarlyExitNet:
-        """Untrained network of `arch`; a Nb201NetConfig brings its own sizes, otherwise the space's are used."""
+        """Untrained network of `arch`; a Nb201NetConfig brings its own sizes and exits, otherwise the space's are
+        used (with an exit after every stage)."""
         if isinstance(arch, Nb201NetConfig):
             return arch.build(in_channels, n_classes)
         return build_early_exit_net(arch, n_classes, in_channels, self.resolution, self.C, self.N)
 
 
+def copy_convs(src: nn.Module, dst: nn.Module) -> None:
+    """Copy the convolution weights of `src` into the same-shaped convolutions of `dst`, in module order."""
+    pairs = list(zip((m for m in src.modules() if isinstance(m, nn.Conv2d)),
+                     (m for m in dst.modules() if isinstance(m, nn.Conv2d)), strict=True))
+    with torch.no_grad():
+        for a, b in pairs:
+            b.weight.copy_(a.weight)
+            if b.bias is not None:
+                b.bias.copy_(a.bias)
+
+
 @dataclass(frozen=True)
 class Nb201NetConfig:
-    """Everything needed to rebuild a derived network: the cell and the macro sizes (what checkpoints store)."""
+    """Everything needed to rebuild a derived network: the cell, the macro sizes and the exit slots that hold a head
+    (what checkpoints and archive records store; records written before exits were a gene have all of them)."""
     arch: Nb201Arch
     C: int
     N: int
     resolution: int
+    exits: tuple[bool, ...] = (True,) * (N_STAGES - 1)
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch.to_string(), "C": self.C, "N": self.N, "resolution": self.resolution}
+        return {"arch": self.arch.to_string(), "C": self.C, "N": self.N, "resolution": self.resolution,
+                "exits": list(self.exits)}
 
     @staticmethod
     def from_dict(d: dict) -> "Nb201NetConfig":
         try:
-            return Nb201NetConfig(Nb201Arch.parse(d["arch"]), int(d["C"]), int(d["N"]), int(d["resolution"]))
+            exits = tuple(bool(b) for b in d.get("exits", (True,) * (N_STAGES - 1)))
+            if len(exits) != N_STAGES - 1:
+                raise ValueError(f"{len(exits)} exit flags, expected {N_STAGES - 1}")
+            return Nb201NetConfig(Nb201Arch.parse(d["arch"]), int(d["C"]), int(d["N"]), int(d["resolution"]), exits)
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgenasError(f"nb201 network record {d} is incomplete ({type(exc).__name__}: {exc})",
                                "it needs arch (NAS-Bench-201 string), C, N and resolution") from None
 
     def describe(self) -> str:
-        return f"{self.arch.to_string()} C{self.C} N{self.N} r{self.resolution}"
+        flags = "".join("1" if b else "0" for b in self.exits)
+        return f"{self.arch.to_string()} C{self.C} N{self.N} r{self.resolution} exits={flags}"
 
     def build(self, in_channels: int, n_classes: int) -> EarlyExitNet:
-        return build_early_exit_net(self.arch, n_classes, in_channels, self.resolution, self.C, self.N)
+        return build_early_exit_net(self.arch, n_classes, in_channels, self.resolution, self.C, self.N,
+                                    exits=self.exits)

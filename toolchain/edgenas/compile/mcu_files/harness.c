@@ -5,22 +5,19 @@
    instruction count, not cycles). Board build (-DEDGENAS_BOARD) reads the DWT cycle counter (DEMCR.TRCENA,
    DWT_CTRL.CYCCNTENA). Both builds print over the UART and end with uart_retarget.c's EDGENAS EXIT line.
 
-   Report (one line each, parsed by edgenas.profile):
+   Report (one line each, parsed by edgenas.compile.harness_report):
      EDGENAS-REPORT 1 counter=<apb_timer_ticks|dwt_cycles> inputs=N stages=B classes=K
      EDGENAS INPUT t rc=R exit=E ref_exit=E' total=C stages=c0,c1,..   (c_i: stage i incl. its exit decision)
      EDGENAS LOGITS t v0 v1 ...
      EDGENAS END fails=F workspace_peak=BYTES */
-#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include "edgenas.h"
+#include "harness_report.h"
 
 extern const float edgenas_test_in[];
-extern const float edgenas_test_ref_logits[];
-extern const int32_t edgenas_test_ref_exit[];
-extern size_t edgenas_workspace_peak(void);
 
 #ifdef EDGENAS_BOARD
 #define COUNTER_NAME "dwt_cycles"
@@ -84,16 +81,8 @@ int main(void) {
       printf("%s%lu", s ? "," : "", (unsigned long)(marks[s] - prev));
       prev = marks[s];
     }
-    printf("\nEDGENAS LOGITS %d", t);
-    float max_diff = 0.0f;
-    for (int k = 0; k < EDGENAS_N_CLASSES; k++) {
-      float d = fabsf(logits[k] - edgenas_test_ref_logits[t * EDGENAS_N_CLASSES + k]);
-      if (!(d <= max_diff)) max_diff = d; /* NaN counts as a difference */
-      printf(" %.9g", (double)logits[k]);
-    }
-    printf("\n");
-    if (rc != 0 || exit_id != edgenas_test_ref_exit[t] || !(max_diff <= 1e-4f)) fails++;
+    float max_diff = edgenas_report_logits(t, logits);
+    if (rc != 0 || exit_id != edgenas_test_ref_exit[t] || !(max_diff <= EDGENAS_LOGIT_TOLERANCE)) fails++;
   }
-  printf("EDGENAS END fails=%d workspace_peak=%lu\n", fails, (unsigned long)edgenas_workspace_peak());
-  return fails ? 1 : 0;
+  return edgenas_report_end(fails);
 }

@@ -6,23 +6,20 @@
    `repeats` more times (argv[1], default 0); the fastest run's CLOCK_MONOTONIC nanoseconds are reported. Under
    qemu-aarch64 these are emulated wall-clock times, not Cortex-A latencies.
 
-   Report: the firmware harness's lines (parsed by edgenas.profile.mcu_report.parse_report) with counter=monotonic_ns:
+   Report: the firmware harness's lines (parsed by edgenas.compile.harness_report) with counter=monotonic_ns:
      EDGENAS-REPORT 1 counter=monotonic_ns inputs=N stages=B classes=K
      EDGENAS INPUT t rc=R exit=E ref_exit=E' total=NS stages=ns0,ns1,..
      EDGENAS LOGITS t v0 v1 ...
      EDGENAS END fails=F workspace_peak=BYTES */
-#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include "edgenas.h"
+#include "harness_report.h"
 
 extern const float edgenas_test_in[];
-extern const float edgenas_test_ref_logits[];
-extern const int32_t edgenas_test_ref_exit[];
-extern size_t edgenas_workspace_peak(void);
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -74,16 +71,8 @@ int main(int argc, char **argv) {
       printf("%s%llu", s ? "," : "", (unsigned long long)(best_marks[s] - prev));
       prev = best_marks[s];
     }
-    printf("\nEDGENAS LOGITS %d", t);
-    float max_diff = 0.0f;
-    for (int k = 0; k < EDGENAS_N_CLASSES; k++) {
-      float d = fabsf(logits[k] - edgenas_test_ref_logits[t * EDGENAS_N_CLASSES + k]);
-      if (!(d <= max_diff)) max_diff = d; /* NaN counts as a difference */
-      printf(" %.9g", (double)logits[k]);
-    }
-    printf("\n");
-    if (rc != 0 || exit_id != edgenas_test_ref_exit[t] || !(max_diff <= 1e-4f)) fails++;
+    float max_diff = edgenas_report_logits(t, logits);
+    if (rc != 0 || exit_id != edgenas_test_ref_exit[t] || !(max_diff <= EDGENAS_LOGIT_TOLERANCE)) fails++;
   }
-  printf("EDGENAS END fails=%d workspace_peak=%lu\n", fails, (unsigned long)edgenas_workspace_peak());
-  return fails ? 1 : 0;
+  return edgenas_report_end(fails);
 }

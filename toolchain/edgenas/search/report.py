@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgenas.search.pareto import choose_best
-from edgenas.search.runfolder import atomic_write_bytes
+from edgenas.fileio import atomic_write, atomic_write_text
 
 
 def _kib(n) -> str:
@@ -63,7 +63,7 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in member_rows(members)]
     lines += ood_table(members)
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def best_or_refusal(members: list[dict]) -> tuple[dict | None, str]:
@@ -148,7 +148,7 @@ def write_pareto_plot(path: Path, records: list[dict], members: list[dict], budg
     fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def print_members(members: list[dict], console=None) -> None:

@@ -1,0 +1,71 @@
+"""Targets as TOML/JSON values and TOML text (`targets show`, the override `edgenas calibrate` writes).
+
+Files are written by tomli-w, which escapes every string (a name or note holding a newline or quote stays one
+value); only the first comment line is ours, and it holds nothing but a validated target name."""
+from __future__ import annotations
+
+from edgenas.targets.model import PROVENANCE_FIELDS, SPLIT_BYTE_KEYS, LatencyModel, Target
+from edgenas.targets.units import check_target_name
+
+
+def _without_none(table: dict) -> dict:
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def latency_to_dict(model: LatencyModel) -> dict:
+    """The [latency] table of a target file (coefficients in cycles)."""
+    table = {"dtype": model.dtype, "per_inference_cycles": model.per_inference_cycles,
+             "per_exit_cycles": model.per_exit_cycles}
+    if model.channel_block != 1:
+        table["channel_block"] = model.channel_block
+    kinds = {}
+    for kind, c in model.kinds.items():
+        entry = {"fixed_cycles": c.fixed_cycles, "cycles_per_mac": c.cycles_per_mac,
+                 "cycles_per_byte": c.cycles_per_byte}
+        entry.update({k: getattr(c, k) for k in SPLIT_BYTE_KEYS if getattr(c, k)})
+        kinds[kind] = entry
+    table["kinds"] = kinds
+    return table
+
+
+def _provenance_tables(entries) -> list[dict]:
+    return [{f: getattr(p, f) for f in PROVENANCE_FIELDS if getattr(p, f)} for p in entries]
+
+
+def target_to_dict(t: Target) -> dict:
+    """The target as plain TOML/JSON values (what `target_to_toml` writes and `targets show --json` prints)."""
+    b = t.budgets
+    doc = _without_none({key: getattr(t, key) for key in (
+        "name", "description", "kind", "cpu", "clock_hz", "sram_bytes", "flash_bytes", "runtime", "code_size_bytes",
+        "workspace_bytes", "qemu_machine", "cpi")})
+    doc["tvm_target"] = dict(t.tvm_target)
+    doc["budgets"] = _without_none({"latency": b.latency_s,  # a bare number is seconds
+                                    "sram": b.sram_bytes, "flash": b.flash_bytes, "macs": b.macs,
+                                    "min_accuracy": b.min_accuracy})
+    doc["latency"] = latency_to_dict(t.latency)
+    if t.provenance:
+        doc["provenance"] = _provenance_tables(t.provenance)
+    return doc
+
+
+def target_to_toml(t: Target) -> str:
+    """TOML text that `load_target` reads back into an equal Target (except `source_path`)."""
+    import tomli_w
+
+    header = (f"# edgenas target '{check_target_name(t.name)}'. Units: bytes, Hz, seconds; latency coefficients in "
+              "cycles.\n\n")
+    return header + tomli_w.dumps(target_to_dict(t))
+
+
+def latency_override_toml(base: str, name: str, latency: LatencyModel, provenance=()) -> str:
+    """A target file that `extends` `base` and replaces its latency model (what `edgenas calibrate` writes).
+
+    Every kind of `latency` is written, so the base's coefficients survive only for kinds the model lacks;
+    `provenance` entries are appended to the base's record.
+    """
+    import tomli_w
+
+    doc = {"extends": base, "name": check_target_name(name), "latency": latency_to_dict(latency)}
+    if provenance:
+        doc["provenance"] = _provenance_tables(provenance)
+    return f"# {name}: the target it extends, with a calibrated latency model.\n\n" + tomli_w.dumps(doc)
