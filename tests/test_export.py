@@ -287,3 +287,13 @@ def test_bad_inputs_raise_edgenas_error(net, data, exported, tmp_path):
     with pytest.raises(EdgenasError, match="holds no earlier export"):
         export_model(net, tmp_path / "notes", xte[:4], yte[:4], xte[:4], MACS, {})
     assert not out.exists() and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_a_nan_logit_difference_fails_the_output_check():
+    """The one agreement rule (edgenas.agreement) of every output check: NaN is not "within tolerance"."""
+    from edgenas.agreement import agreement
+    logits, exits = np.zeros((3, 2)), np.zeros(3, dtype=int)
+    broken = logits.copy()
+    broken[1, 0] = np.nan
+    assert agreement(logits, exits, logits, exits).passed
+    assert not agreement(logits, exits, broken, exits).passed
