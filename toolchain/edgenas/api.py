@@ -27,7 +27,7 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
     "cuda:N" (runtime.resolve_device); neither it nor the executor changes the archive on the CPU."""
     from edgenas.runtime import resolve_device
     from edgenas.search.driver import SearchConfig
-    from edgenas.search.methods import Problem, method_class, method_options
+    from edgenas.search.methods import Problem, check_space, method_class, method_options
     from edgenas.search.runfolder import RunFolder
     cls = method_class(method)
     opts = method_options(method, options)
@@ -36,10 +36,7 @@ def search(target: str | None = None, dataset: str | None = None, method: str = 
                       dataset=base.dataset if dataset is None else dataset, space=space, seed=seed, latency=latency,
                       sram=sram, flash=flash, macs=macs, min_accuracy=min_accuracy, resume=resume,
                       device=resolve_device(device))
-    from edgenas.spaces import space_family
-    if problem.space is not None and space_family(problem.space) not in cls.spaces:
-        raise EdgenasError(f"--method {method} does not search the space '{problem.space}'",
-                           f"use --space {' or '.join(cls.spaces)}")
+    check_space(method, problem.space)
     runner = cls(opts)
     executor = opts.executor_config() if hasattr(opts, "executor_config") else None  # run_search validates it
     out = Path(out) if out else default_run_dir(problem.target, runner.run_label(), problem.dataset, seed)

@@ -3,7 +3,8 @@ stage (search, export, compile, profile, calibrate).
 
 - `atomic_write` and its text/JSON/torch forms: a temp file in the same folder, flushed and fsync'ed, optionally
   checked, then renamed over the target. Files get the usual permissions (0666 less the umask), like a plain open.
-- `publish_folder`: a finished temp folder takes the final name; an earlier folder there is replaced as a whole.
+- `temp_folder` / `publish_folder`: a folder is built in a hidden sibling, which then takes the final name; an
+  earlier folder there is replaced as a whole.
 - `missing_folders` / `remove_created`: the folders a write creates, so that a failed one removes them again.
 - `naming_path`: OSErrors that name the path they concern, so the CLI prints one line with it.
 """
@@ -92,6 +93,17 @@ def atomic_torch_save(path, obj) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write(path, buf.getvalue())
+
+
+def temp_folder(out_dir) -> Path:
+    """A new hidden sibling of `out_dir` to build it in (same parent, so publish_folder's rename is atomic), with
+    the umask's permissions like any other folder (mkdtemp alone makes it 0700)."""
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
 
 
 def publish_folder(tmp, out_dir) -> Path:

@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from edgenas.compile.outputs import (check_replaceable, check_target_kind, publi
                                      sha256_of)
 from edgenas.compile.test_inputs import checked_test_inputs, default_test_inputs
 from edgenas.errors import EdgenasError
+from edgenas.fileio import temp_folder
 from edgenas.targets import as_target
 
 REPORT_FILE = "build.json"
@@ -301,7 +301,7 @@ def compile_host(model_path, target, out_dir, tune_trials: int = 0, test_inputs:
     tvm_target = tvm_target_for(target)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_folder(out_dir)
     try:
         t0 = time.perf_counter()
         ex = build_relax(mod, tvm_target, tune_trials, tmp / "tuning", max_trials_per_task)

@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
-from edgenas.fileio import missing_folders, nearest_existing, publish_folder, remove_created
+from edgenas.fileio import missing_folders, nearest_existing, publish_folder, remove_created, temp_folder
 
 LOG_FILE = "build.log"
 REFERENCE_FILE = "reference.json"
@@ -46,7 +46,7 @@ class OutputFolder:
                                "pass an --out in a writable folder")
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+            self.tmp = temp_folder(self.out_dir)
         except OSError as exc:
             remove_created(self.created)
             where = exc.filename or self.out_dir.parent
@@ -172,7 +172,6 @@ def publish_project(tmp: Path, out_dir: Path, report_file: str, report: dict, re
     """Write the report and reference.json into the finished project, then rename it into place (atomic)."""
     (tmp / report_file).write_text(json.dumps(report, indent=2) + "\n")
     (tmp / REFERENCE_FILE).write_text(json.dumps(reference) + "\n")
-    os.chmod(tmp, 0o755)
     publish_folder(tmp, out_dir)
 
 

@@ -16,9 +16,7 @@ are reported, not enforced.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,7 +34,7 @@ from edgenas.export.exits_json import EXITS_FILE, ExitMetrics, exits_document, w
 from edgenas.export.quantize import (SCHEME, STAGES_INT8_DIR, array_reader_factory, quantize_stages,
                                      stage_calibration_inputs)
 from edgenas.export.stages import eval_mode, export_stage_protos, stage_infos
-from edgenas.fileio import missing_folders, naming_path, nearest_existing, publish_folder, remove_created
+from edgenas.fileio import missing_folders, naming_path, nearest_existing, publish_folder, remove_created, temp_folder
 from edgenas.nn.early_exit import EarlyExitNet
 
 MODEL_FILE = "model.onnx"
@@ -222,14 +220,11 @@ def export_model(net: EarlyExitNet, out_dir: Path, check_x: np.ndarray, check_y:
     check_x, check_y, calib_x, macs = _check_inputs(net, check_x, check_y, calib_x, macs_per_exit)
     out_dir, created = _prepare_out_dir(out_dir)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        tmp = temp_folder(out_dir)
     except OSError:
         remove_created(created)
         raise
-    umask = os.umask(0o022)
-    os.umask(umask)
     try:
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the published folder gets the usual permissions
         infos = stage_infos(net)
         protos = export_stage_protos(net)
         stage_paths = [save_model(m, tmp / info.file) for m, info in zip(protos, infos)]

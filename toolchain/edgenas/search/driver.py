@@ -75,16 +75,13 @@ class SearchConfig:
 
 def method_for(cfg: SearchConfig):
     """The registered method object (search.methods) that scores candidates for `cfg`."""
-    from edgenas.search.methods import method_class
+    from edgenas.search.methods import check_space, method_class
     if cfg.exit_slots not in ("policy", "genome"):
         raise EdgenasError(f"unknown exit_slots '{cfg.exit_slots}'", "use 'policy' or 'genome'")
     cls = method_class(cfg.method)
     if not hasattr(cls, "for_config"):
         raise EdgenasError(f"--method {cfg.method} is not an NSGA-II search method", "use nachos or flatnas")
-    from edgenas.spaces import space_family
-    if space_family(cfg.space) not in cls.spaces:
-        raise EdgenasError(f"--method {cfg.method} does not search the space '{cfg.space}'",
-                           f"use --space {' or '.join(cls.spaces)}")
+    check_space(cfg.method, cfg.space)
     return cls.for_config(cfg)
 
 

@@ -111,11 +111,19 @@ def list_methods() -> list[str]:
     return sorted(_METHODS, key=lambda n: SHIPPED.index(n) if n in SHIPPED else len(SHIPPED))
 
 
-def method_class(name: str) -> type:
+def method_class(name: str) -> type[SearchMethod]:
     _import_methods()
     if name not in _METHODS:
         raise EdgenasError(f"unknown search method '{name}'", f"use --method {', '.join(list_methods())}")
     return _METHODS[name]
+
+
+def check_space(name: str, space: str | None) -> None:
+    """Refuse a space spec (`nb201:C=8`: its family counts) that method `name` does not search; None is its default."""
+    from edgenas.spaces import space_family
+    spaces = method_class(name).spaces
+    if space is not None and space_family(space) not in spaces:
+        raise EdgenasError(f"--method {name} does not search the space '{space}'", f"use --space {' or '.join(spaces)}")
 
 
 def method_options(name: str, given: dict):

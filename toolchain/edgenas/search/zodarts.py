@@ -6,7 +6,6 @@ run folder that `edgenas export` reads like any other (one member, id 0).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from torch import nn
 from edgenas import runtime
 from edgenas.data import load_dataset
 from edgenas.errors import EdgenasError
-from edgenas.fileio import publish_folder
+from edgenas.fileio import publish_folder, temp_folder
 from edgenas.search.methods import Problem, option, register_method
 from edgenas.search.runfolder import CONFIG, PARETO, RunFolder, checkpoint_dict
 from edgenas.search.zodarts_budget import budget_checks, budget_limits, choose_macro, derive_cell
@@ -164,7 +163,7 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
 def write_run(out: Path, result: ZodartsResult, data) -> None:
     """Write the run folder in a temporary sibling, then rename it into place: no partial output on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = RunFolder(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    folder = RunFolder(temp_folder(out))
     try:
         retrain_info = result.retrain or {}
         record = {"id": 0, "arch": result.net_config.to_dict(), "description": result.net_config.describe(),
@@ -184,9 +183,7 @@ def write_run(out: Path, result: ZodartsResult, data) -> None:
         folder.rewrite_archive([record])
         folder.write_checkpoint(0, checkpoint_dict("nb201", data.n_classes, data.in_channels,
                                                    {**record, "weights": "retrained"}, net))
-        if out.exists():
-            out.rmdir()  # empty (checked before the search started)
-        publish_folder(folder.path, out)
+        publish_folder(folder.path, out)  # an --out that exists is empty (checked before the search started)
     except BaseException:
         shutil.rmtree(folder.path, ignore_errors=True)
         raise
