@@ -473,11 +473,13 @@ def test_channel_block_pads_macs_and_activation_bytes():
     expand = g.layers[0]                  # 1x1 conv 8 -> c_out on 8 x 8
     c_out = expand.out_shape[0]
     pad = -(-c_out // 16) * 16
-    calls, macs, b_in, b_out, b_w = layer_features(expand, 4, 16)
+    calls, macs, b_in, b_out, b_w, *shape = layer_features(expand, 4, 16)
     assert (calls, b_w) == (1, expand.params * 4)
     assert macs == 16 * pad * 64 and b_in == 16 * 64 * 4 and b_out == pad * 64 * 4
+    # shape terms: output channels, rows; 8 input channels is not a thin reduction, stride 1, an 8 x 8 plane
+    assert shape == [c_out, c_out * 8, 0, 0, 0]
     assert layer_features(expand, 4) == layer_features(expand, 4, 1) == \
-        (1, expand.macs, 8 * 64 * 4, c_out * 64 * 4, expand.params * 4)
+        (1, expand.macs, 8 * 64 * 4, c_out * 64 * 4, expand.params * 4, c_out, c_out * 8, 0, 0, 0)
 
 
 def test_predict_latency_uses_refined_kinds_and_falls_back():

@@ -2,6 +2,7 @@
 through the ssh device's transport, here the local transport that runs the same runner.py in a subprocess."""
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from edgenas.cli import main
 from edgenas.compile.host import compile_host
 from edgenas.errors import EdgenasError
-from edgenas.profile.host import profile_device, profile_host
+from edgenas.profile.host import profile_device, profile_host, summary
 from edgenas.profile.ssh import LocalTransport, SshTransport, parse_device, profile_ssh
 
 N_TEST = 12
@@ -26,7 +27,7 @@ def build(exit_net_export, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def host_profile(build):
-    return profile_host(build, "x86-host", threads=(1, 2), repeats=3)
+    return profile_host(build, "x86-host", threads=(1, 2), repeats=3, max_seconds=6)
 
 
 def shape_of(doc):
@@ -61,8 +62,44 @@ def test_host_profile_has_exits_nodes_and_kernels(host_profile):
         assert c["exit_agreement"] == 1.0 and c["max_abs_diff"] <= 1e-4, name
 
 
+def test_host_profile_records_the_timing_protocol_and_its_outcome(host_profile):
+    """Every input's latency is the protocol's estimate with its interval; the profile says whether the CI target
+    was met and its noise floor, and the summary says so too."""
+    doc = host_profile
+    t = doc["timing"]
+    assert t["rel_ci"] == 0.02 and t["confidence"] == 0.95 and t["min_rounds"] == 3 and t["max_seconds"] == 6
+    assert isinstance(t["converged"], bool) and t["unit"] == "us"
+    items = [r for e in ("onnxruntime", "tvm") for run in doc[e]["runs"].values() for r in run["per_input"]]
+    assert len(items) == 2 * 2 * N_TEST
+    assert t["items_not_converged"] == sum(not r["timing"]["converged"] for r in items)
+    assert t["converged"] == (t["items_not_converged"] == 0)
+    for r in items:
+        tr = r["timing"]
+        assert r["latency_us"] == tr["estimate"] == (tr["p10"] if tr["one_sided"] else tr["median"]) > 0
+        assert tr["unit"] == "us" and tr["n"] >= 1 and tr["batch"] >= 1
+        if tr["ci_low"] is not None:
+            assert tr["ci_low"] <= tr["median"] <= tr["ci_high"]
+            assert tr["converged"] == (tr["ci_rel_halfwidth"] <= 0.02)
+    floors = [tr["timing"]["ci_rel_halfwidth"] for tr in items if tr["timing"]["ci_rel_halfwidth"] is not None]
+    assert t["noise_floor"] == pytest.approx(statistics.median(floors))
+    # one thread: both engines interleaved in one set of rounds; two threads: one engine at a time
+    assert doc["onnxruntime"]["runs"]["1"]["timing"]["interleaved_with"] == ["onnxruntime", "tvm"]
+    assert doc["tvm"]["runs"]["2"]["timing"]["interleaved_with"] == ["tvm"]
+    text = summary(doc)
+    assert "CI target +-2 %" in text and "noise floor" in text
+    assert ("NOT met" in text) == (not t["converged"])
+
+
+def test_runtime_ort_measures_only_onnxruntime(build):
+    doc = profile_host(build, "x86-host", threads=(1,), repeats=2, max_seconds=2, runtime="ort", rel_ci=0.1)
+    assert doc["engines"] == ["onnxruntime"] and "tvm" not in doc
+    assert set(doc["check"]) == {"onnxruntime_vs_reference"}
+    assert doc["onnxruntime"]["runs"]["1"]["timing"]["interleaved_with"] == ["onnxruntime"]
+    assert doc["timing"]["rel_ci"] == 0.1
+
+
 def test_ssh_profile_through_the_local_transport_has_the_same_structure(build, host_profile):
-    doc = profile_ssh(build, "x86-host", LocalTransport(), threads=(1, 2), repeats=2)
+    doc = profile_ssh(build, "x86-host", LocalTransport(), threads=(1, 2), repeats=2, max_seconds=4)
     assert doc["device"] == "local"
     a, b = shape_of(doc), shape_of(host_profile)
     a.pop("device"), b.pop("device")
@@ -110,16 +147,28 @@ def test_profile_errors_are_one_line(build, tmp_path, capsys):
         profile_host(fake, "x86-host")
     with pytest.raises(EdgenasError, match="bad thread count"):
         profile_ssh(build, "x86-host", LocalTransport(), threads=("1", "two"))
+    with pytest.raises(EdgenasError, match="CI target"):
+        profile_host(build, "x86-host", rel_ci=0.0)
+    with pytest.raises(EdgenasError, match="unknown runtime"):
+        profile_ssh(build, "x86-host", LocalTransport(), runtime="onnx")
+    with pytest.raises(EdgenasError, match="max_seconds"):
+        profile_device(build, "x86-host", "host", max_seconds=-1)
     assert main(["profile", str(tmp_path / "missing"), "--target", "x86-host", "--device", "host"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
 
 
-def test_cli_profile_host_writes_json(build, tmp_path):
+def test_cli_profile_host_writes_json(build, tmp_path, capsys):
     out = tmp_path / "p.json"
-    assert main(["profile", str(build), "--target", "x86-host", "--device", "host", "--out", str(out)]) == 0
+    assert main(["profile", str(build), "--target", "x86-host", "--device", "host", "--out", str(out),
+                 "--threads", "1", "--runtime", "tvm", "--ci", "0.05", "--max-seconds", "2", "--repeats", "4"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["device"] == "host" and set(doc["tvm"]["runs"]) >= {"1"}
+    assert doc["device"] == "host" and set(doc["tvm"]["runs"]) == {"1"} and "onnxruntime" not in doc
+    assert doc["timing"]["rel_ci"] == 0.05 and doc["timing"]["min_rounds"] == 4
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == doc
+    assert "CI target +-5 %" in captured.err and "noise floor" in captured.err
+    assert main(["profile", str(build), "--target", "x86-host", "--device", "host", "--runtime", "onnx"]) == 2
 
 
 CONSTRUCTOR_LIBRARY = r"""

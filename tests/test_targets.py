@@ -250,7 +250,7 @@ def test_refined_kinds_fall_back_and_channel_block_round_trips(tmp_path):
     assert t.latency.for_kind("conv1x1") is t.latency.kinds["conv"]
     assert t.latency.for_kind("dwconv5") is t.latency.kinds["dwconv"]
     assert t.latency.for_kind("act_fused") is t.latency.kinds["act"]
-    assert set(KIND_FALLBACK.values()) <= {"conv", "dwconv", "act", "add"}
+    assert set(KIND_FALLBACK.values()) <= {"conv", "dwconv", "act", "add", "concat"}
     text = ('extends = "x86-host"\nname = "blocked"\n[latency]\nchannel_block = 16\n'
             '[latency.kinds.conv1x1]\nfixed_cycles = 1.0\ncycles_per_mac = 2.0\ncycles_per_byte = 0.0\n')
     p = tmp_path / "blocked.toml"

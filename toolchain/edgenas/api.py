@@ -179,8 +179,13 @@ def compile_cli(json_out: bool = False, **opts) -> None:
 
 
 def profile(artefact, target: str = "cortex-m7", device: str = "qemu", n_inputs: int | None = None, out=None,
-            threads: str = "1,max", repeats: int = 20) -> dict:
-    """Run a compiled artefact on a device (qemu, serial:PORT, host, ssh:USER@HOST) and return its JSON profile."""
+            threads: str = "1,max", repeats: int = 20, ci: float = 0.02, max_seconds: float | None = 60.0,
+            runtime: str = "both") -> dict:
+    """Run a compiled artefact on a device (qemu, serial:PORT, host, ssh:USER@HOST) and return its JSON profile.
+
+    host/ssh: `repeats` is the fewest timed rounds, `ci` the relative half-width of the median's 95 % interval at
+    which timing stops, `max_seconds` the time budget of all timed rounds, `runtime` the engine(s) timed (ort, tvm,
+    both); edgenas.profile.timing is the protocol. An MCU's firmware reports instruction counts, not timings."""
     import json
 
     from edgenas.targets import load_target
@@ -196,7 +201,8 @@ def profile(artefact, target: str = "cortex-m7", device: str = "qemu", n_inputs:
         result = profile_serial(device.split(":", 1)[1], artefact, t, n_inputs=n_inputs)
     elif device == "host" or device.startswith("ssh:"):
         from edgenas.profile.host import profile_device
-        result = profile_device(artefact, t, device, threads=threads.split(","), repeats=repeats)
+        result = profile_device(artefact, t, device, threads=threads.split(","), repeats=repeats, rel_ci=ci,
+                                max_seconds=max_seconds, runtime=runtime)
     else:
         raise EdgenasError(f"unknown device '{device}'", "use qemu, serial:PORT, host or ssh:USER@HOST")
     if out is not None:
@@ -206,14 +212,25 @@ def profile(artefact, target: str = "cortex-m7", device: str = "qemu", n_inputs:
 
 
 def profile_cli(**opts) -> None:
+    """`edgenas profile`: the JSON profile on stdout; for host/ssh devices also a summary (latency per exit, whether
+    the CI target was met, the noise floor) on stderr."""
     import json
-    print(json.dumps(profile(**opts), indent=2, default=str))
+    import sys
+    result = profile(**opts)
+    print(json.dumps(result, indent=2, default=str))
+    if opts.get("device", "qemu") == "host" or opts.get("device", "").startswith("ssh:"):
+        from edgenas.profile.host import summary
+        print(summary(result), file=sys.stderr)
 
 
 def calibrate(target: str, profiles, out=None, device: str = "", runtime: str = "", threads: int | None = None,
-              name: str | None = None):
+              name: str | None = None, runtime_version: str = "", families=None, objective: str = "both"):
     """Fit the target's latency model from profiles (per-layer JSON, MODEL.onnx=ORT.json, end-to-end CSV) and write
     an override target TOML (`out`, default ./<target>-calibrated.toml) that `extends` the target.
+
+    runtime: the engine measured ("ort" or "tvm"); runtime_version: free text for the provenance; families: the
+    model families to choose from (default all, edgenas.targets.LATENCY_FAMILIES); objective: what the choice
+    optimises ("both", "ranking", "budgets"; edgenas.cost.fitting.select_family).
 
     Returns (Calibration, path written). Nothing is written when a file is malformed or the fit fails."""
     import os
@@ -235,7 +252,8 @@ def calibrate(target: str, profiles, out=None, device: str = "", runtime: str = 
     else:
         extends = os.path.relpath(Path(t.source_path).resolve(), out.resolve().parent)
     cal = fit_latency(t, [str(p) for p in profiles], device=device, runtime=runtime, threads=threads,
-                      name=name or out.stem, extends=extends)
+                      name=name or out.stem, extends=extends, runtime_version=runtime_version,
+                      families=list(families) if families else None, objective=objective)
     return cal, write_override(cal, out)
 
 
@@ -258,7 +276,7 @@ def analyze(model, target: str = "cortex-m7", dtype: str = "float32", latency=No
     know are an error, unless `allow_unknown`: then they are listed in "unknown_ops" and "complete" is False (their
     MACs and weights are not counted, so every total is a lower bound and "fits" is only a necessary condition)."""
     from edgenas import cost
-    from edgenas.targets import load_target, target_with_budgets
+    from edgenas.targets import engine_mismatch, load_target, target_with_budgets
     t = target_with_budgets(load_target(target), latency=latency, sram=sram, flash=flash, macs=macs)
     g = cost.from_onnx(model)
     if g.unknown_ops and not allow_unknown:
@@ -275,7 +293,15 @@ def analyze(model, target: str = "cortex-m7", dtype: str = "float32", latency=No
                               ("flash_bytes", report.flash_bytes, b.flash_bytes),
                               ("macs", report.macs_worst, b.macs)):
         checks[key] = {"value": value, "limit": limit, "ok": key not in over}
+    interval = report.latency_interval
+    checks["latency_s"]["interval"] = None if interval is None else list(cost.latency_interval(
+        report.latency_worst_s, interval))
+    checks["latency_s"]["near_edge"] = cost.near_edge(report.latency_worst_s, b.latency_s, interval)
     return {"model": str(model), "target": t.name, "target_file": t.source_path, "dtype": dtype,
+            "latency_model": {"family": t.latency.family, "runtime": t.latency.runtime or None,
+                              "warning": engine_mismatch(t) or None,
+                              "interval": None if interval is None else list(interval),
+                              "calibrated": t.latency.selection is not None},
             "n_exits": g.n_exits, "input_shape": list(g.input_shape), "layers": cost.layer_table(g, t),
             "totals": report.to_dict(), "budgets": checks, "fits": not over,
             "unknown_ops": list(g.unknown_ops), "complete": not g.unknown_ops}
@@ -297,9 +323,22 @@ def analyze_cli(as_json: bool = False, **opts) -> bool:
     print_table(["layer", "kind", "part", "out shape", *numeric], rows, console,
                 title=f"{result['model']} on {result['target']} ({result['dtype']})", right=numeric)
     tot = result["totals"]
+    intervals = tot["latency_interval_per_exit_s"]
     for i in range(result["n_exits"]):
+        band = "" if intervals is None else \
+            f", 90% interval {intervals[i][0] * 1e3:.3f}-{intervals[i][1] * 1e3:.3f} ms"
         console.print(f"exit {i}: {tot['macs_per_exit'][i]:,} MACs, predicted "
-                      f"{tot['latency_per_exit_s'][i] * 1e3:.3f} ms (worst case: every earlier head evaluated)")
+                      f"{tot['latency_per_exit_s'][i] * 1e3:.3f} ms{band} (worst case: every earlier head evaluated)")
+    lm = result["latency_model"]
+    if lm["interval"] is None:
+        console.print(f"latency model: {lm['family']}, no prediction interval (calibrate the target with `edgenas "
+                      "calibrate` to get one)")
+    else:
+        console.print(f"latency model: {lm['family']}"
+                      f"{' for ' + lm['runtime'] if lm['runtime'] else ''}, 90% prediction interval "
+                      f"{100 * (lm['interval'][0] - 1):+.1f}% .. {100 * (lm['interval'][1] - 1):+.1f}%")
+    if lm["warning"]:
+        console.print(f"warning: {lm['warning']}")
     console.print(f"params {tot['params']:,}; peak SRAM {tot['peak_sram_bytes'] / 1024:.1f} KiB "
                   f"(activations {tot['activation_sram_bytes'] / 1024:.1f} KiB + workspace); "
                   f"flash {tot['flash_bytes'] / 1024:.1f} KiB")
@@ -309,8 +348,9 @@ def analyze_cli(as_json: bool = False, **opts) -> bool:
         if c["limit"] is None:
             continue
         scale, unit = units[key]
+        edge = " - near the edge: the budget lies inside the 90% prediction interval" if c.get("near_edge") else ""
         console.print(f"{'ok  ' if c['ok'] else 'OVER'} {key}: {c['value'] * scale:.3f} {unit} "
-                      f"(budget {c['limit'] * scale:.3f} {unit})")
+                      f"(budget {c['limit'] * scale:.3f} {unit}){edge}")
     if result["unknown_ops"]:
         console.print(f"unknown operators (MACs and weights not counted): {', '.join(result['unknown_ops'])}")
     verdict = "fits the target's budgets" if result["fits"] else "does NOT fit the target's budgets"

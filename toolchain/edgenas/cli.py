@@ -100,7 +100,14 @@ def compile_(**opts):
 @click.option("--device", default="qemu", show_default=True, help="qemu | serial:PORT | host | ssh:USER@HOST")
 @click.option("--n-inputs", default=None, type=int, help="MCU: profile only the first N embedded inputs.")
 @click.option("--threads", default="1,max", show_default=True, help="host/ssh: thread counts (max = the device's CPUs).")
-@click.option("--repeats", default=20, show_default=True, type=click.IntRange(min=1), help="host/ssh: timed batches per input.")
+@click.option("--repeats", default=20, show_default=True, type=click.IntRange(min=1),
+              help="host/ssh: fewest timed rounds per input (rounds interleave inputs and engines).")
+@click.option("--ci", default=0.02, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="host/ssh: time until every input's median is known to +-CI (relative, 95% interval).")
+@click.option("--max-seconds", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="host/ssh: time budget of all timed rounds; inputs short of --ci are then reported.")
+@click.option("--runtime", default="both", show_default=True, type=click.Choice(["ort", "tvm", "both"]),
+              help="host/ssh: the engine(s) to measure (the one the target deploys with).")
 @click.option("--out", default=None, help="Also write the profile JSON to this file.")
 def profile(**opts):
     """Run a compiled artefact on a device or emulator and report latency per exit and per segment."""
@@ -136,15 +143,25 @@ def targets_show(name, json_out):
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Override TOML to write (default ./<target>-calibrated.toml).")
 @click.option("--device", default="", help="Device measured on (provenance; profiles may say it themselves).")
-@click.option("--runtime", default="", help="Runtime measured with, e.g. 'onnxruntime 1.32 CPU' (provenance).")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="Threads the runtime used (provenance).")
+@click.option("--runtime", default="", type=click.Choice(["", "ort", "tvm"]),
+              help="Engine measured: ort (onnxruntime) or tvm (default: the one the profiles name).")
+@click.option("--runtime-version", default="", help="Runtime as free text, e.g. 'onnxruntime 1.32 CPU' (provenance).")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Thread count calibrated: selects the rows of a CSV `threads` column (else provenance).")
+@click.option("--family", "families", multiple=True,
+              type=click.Choice(["macs-only", "per-kind", "per-kind-shape", "boosted-trees"]),
+              help="Model family to consider (repeatable; default: all, chosen by cross-validation).")
+@click.option("--objective", default="both", show_default=True, type=click.Choice(["both", "ranking", "budgets"]),
+              help="What the family choice optimises: Kendall tau (ranking), share within +-10% (budgets), or both.")
 @click.option("--name", default=None, help="Name of the calibrated target (default: the --out file's stem).")
 @click.option("--json", "json_out", is_flag=True, help="Print the fit and its held-out error as JSON.")
 def calibrate(**opts):
     """Fit a target's latency model from PROFILES and write a target override with its held-out error.
 
     PROFILES: edgenas-profile/1 JSON (per layer), MODEL.onnx=ORT_PROFILE.json (onnxruntime's profile of MODEL), or a
-    CSV with columns `model` and `latency_ms` (or latency_s / latency_us) of end-to-end measurements.
+    CSV with columns `model` and `latency_ms` (or latency_s / latency_us), optionally `threads`, of end-to-end
+    measurements (a model on several rows: repeats, aggregated by their median). Every model family is
+    cross-validated and the best is written, never one worse than MACs-only.
     """
     from edgenas import api
     api.calibrate_cli(**opts)

@@ -88,6 +88,20 @@ def atomic_write_json(path, obj, **dumps_options) -> Path:
     return atomic_write_text(path, json.dumps(obj, **options) + "\n")
 
 
+def json_finite(value):
+    """`value` with every non-finite float (NaN, e.g. Kendall tau of a constant ranking; inf) replaced by None,
+    tuples by lists and keys by strings: JSON has no NaN, and json.dumps would write an invalid token."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_finite(v) for v in value]
+    return value
+
+
 def atomic_torch_save(path, obj) -> Path:
     import torch
     buf = io.BytesIO()

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from edgenas.cost.graph import CostGraph, Layer, numel
 from edgenas.errors import EdgenasError
+from edgenas.targets import LINEAR_FEATURES, SHAPE_FEATURES, SMALL_PLANE, THIN_REDUCTION
 
 BYTES_PER_ELEMENT = {"float32": 4, "int8": 1}
 _IN_PLACE_KINDS = ("act", "add", "mul")  # elementwise; only with a single activation input of the same size
@@ -202,10 +203,21 @@ class LatencyPrediction:
     layer_cycles: tuple[float, ...]
     layer_s: tuple[float, ...]      # aligned with CostGraph.layers
     per_exit_s: tuple[float, ...]   # worst case to leave at exit i (segments + heads 0..i + overheads)
+    interval: tuple[float, float] | None = None  # the model's 90 % prediction interval, as ratios (None: unknown)
 
     @property
     def worst_s(self) -> float:
         return self.per_exit_s[-1]
+
+    @property
+    def interval_s(self) -> tuple[float, float] | None:
+        """90 % prediction interval of the worst-case latency in seconds (None: the model has none)."""
+        return latency_interval(self.worst_s, self.interval)
+
+
+def latency_interval(seconds: float, interval: tuple[float, float] | None) -> tuple[float, float] | None:
+    """(low, high) seconds of a prediction under a model's interval ratios (None without an interval)."""
+    return None if interval is None else (seconds * interval[0], seconds * interval[1])
 
 
 def layer_bytes(layer: Layer, bytes_per_element: int) -> int:
@@ -214,7 +226,9 @@ def layer_bytes(layer: Layer, bytes_per_element: int) -> int:
     return elements * bytes_per_element
 
 
-FEATURES = ("calls", "macs", "input_bytes", "output_bytes", "weight_bytes")
+FEATURES = tuple(name for name, _ in LINEAR_FEATURES)      # what the per-kind family is linear in
+SHAPE_FEATURE_NAMES = tuple(name for name, _ in SHAPE_FEATURES)
+ALL_FEATURES = (*FEATURES, *SHAPE_FEATURE_NAMES)            # what layer_features returns, in this order
 _FUSING_KINDS = ("conv", "dwconv")  # kernels that absorb a following activation / residual add
 _IMAGE_CHANNELS = 4                 # a conv input with at most this many channels is an image (not channel-padded)
 
@@ -242,34 +256,68 @@ def _padded_macs(layer: Layer, channel_block: int) -> int:
     return layer.macs * pad_in * pad_out // (c_in * c_out)
 
 
-def layer_features(layer: Layer, bytes_per_element: int, channel_block: int = 1) -> tuple[int, int, int, int, int]:
-    """What the latency model sees of a layer (in the order of FEATURES): 1 call, MACs, activation bytes read,
-    activation bytes written, weight bytes. Calibration fits one non-negative coefficient per kind and feature.
-    With channel_block > 1 (a runtime that pads channels, LatencyModel.channel_block) MACs and activation bytes are
-    counted on the padded channels."""
-    return (1, _padded_macs(layer, channel_block),
-            sum(_padded(s, channel_block) for s in layer.in_shapes) * bytes_per_element,
-            _padded(layer.out_shape, channel_block) * bytes_per_element, layer.params * bytes_per_element)
+def _input_channels(layer: Layer) -> int:
+    shape = layer.in_shapes[0] if layer.in_shapes else ()
+    return int(shape[0]) if len(shape) == 3 else int(shape[-1]) if shape else 0
+
+
+def _plane(shape) -> tuple[int, int]:
+    return (int(shape[1]), int(shape[2])) if len(shape) == 3 else (1, 1)
+
+
+def layer_features(layer: Layer, bytes_per_element: int, channel_block: int = 1) -> tuple[int, ...]:
+    """What the latency model sees of a layer (in the order of ALL_FEATURES, edgenas.targets LINEAR_FEATURES then
+    SHAPE_FEATURES): 1 call, MACs, activation bytes read, activation bytes written, weight bytes; then output
+    channels, output rows (channels x height), and the MACs again where the reduction is thin (fewer than
+    THIN_REDUCTION input channels per group), the stride is above 1, or the output plane is small (<= SMALL_PLANE
+    pixels). With channel_block > 1 (a runtime that pads channels, LatencyModel.channel_block) MACs and activation
+    bytes are counted on the padded channels."""
+    macs = _padded_macs(layer, channel_block)
+    out = layer.out_shape
+    c_out = int(out[0]) if out else 1
+    h, w = _plane(out)
+    convolution = layer.kind in ("conv", "dwconv")
+    per_group = _input_channels(layer) / max(layer.groups, 1) if layer.kind == "conv" else 1
+    thin = macs if convolution and per_group < THIN_REDUCTION else 0
+    strided = macs if layer.stride > 1 else 0
+    small = macs if len(out) == 3 and h * w <= SMALL_PLANE else 0
+    return (1, macs, sum(_padded(s, channel_block) for s in layer.in_shapes) * bytes_per_element,
+            _padded(out, channel_block) * bytes_per_element, layer.params * bytes_per_element,
+            c_out, c_out * h, thin, strided, small)
+
+
+def tree_descriptor(layer: Layer, kind: str, kinds: Sequence[str], bytes_per_element: int, channel_block: int = 1
+                    ) -> tuple[float, ...]:
+    """The layer as the trees of a TreeCorrection see it (edgenas.targets.TREE_DESCRIPTORS)."""
+    f = layer_features(layer, bytes_per_element, channel_block)
+    h, w = _plane(layer.out_shape)
+    c_out = int(layer.out_shape[0]) if layer.out_shape else 1
+    return (float(kinds.index(kind)) if kind in kinds else -1.0, math.log2(1 + f[1]), float(_input_channels(layer)),
+            float(c_out), float(h), float(w), float(layer.kernel), float(layer.stride), float(layer.groups),
+            math.log2(1 + f[2]), math.log2(1 + f[3]), math.log2(1 + f[4]))
 
 
 def fused_layers(g: CostGraph) -> set[str]:
-    """Names of the activations and residual adds a runtime fuses into the conv kernel before them (onnxruntime's
+    """Names of the activations and residual adds a runtime fuses into the kernel next to them (onnxruntime's
     Conv+activation and NCHWc Conv+Sum(+Relu) fusions, TVM's fused conv kernels): an activation whose input is a
     conv output (the conv's only reader, no activation fused yet), an add whose input is such a conv output with
-    neither an activation nor an add fused yet."""
-    readers: dict[str, int] = {}
+    neither an activation nor an add fused yet; and the sigmoid of a SiLU, x * sigmoid(x), which onnxruntime
+    computes in the product's kernel (its QuickGelu fusion)."""
+    readers: dict[str, list[Layer]] = {}
     for layer in g.layers:
         for t in layer.inputs:
-            readers[t] = readers.get(t, 0) + 1
+            readers.setdefault(t, []).append(layer)
     kernel: dict[str, tuple[bool, bool]] = {}  # conv output tensor -> (activation fused, add fused)
     fused = set()
     for layer in g.layers:
         if layer.kind in _FUSING_KINDS:
             kernel[layer.output] = (False, False)
+        elif layer.kind == "act" and len(layer.inputs) == 1 and _gates_its_input(layer, readers):
+            fused.add(layer.name)
         elif layer.kind in ("act", "add"):
             for t in layer.inputs:
                 state = kernel.get(t)
-                if state is None or readers.get(t, 0) != 1 or state[0]:
+                if state is None or len(readers.get(t, ())) != 1 or state[0]:
                     continue
                 if layer.kind == "act" and len(layer.inputs) == 1:
                     fused.add(layer.name)
@@ -282,10 +330,19 @@ def fused_layers(g: CostGraph) -> set[str]:
     return fused
 
 
+def _gates_its_input(act: Layer, readers: dict[str, list[Layer]]) -> bool:
+    """act's only reader multiplies it with act's own input (x * f(x): SiLU / swish)."""
+    out_readers = readers.get(act.output, [])
+    return len(out_readers) == 1 and out_readers[0].kind == "mul" and \
+        sorted(out_readers[0].inputs) == sorted((act.inputs[0], act.output))
+
+
 def latency_kind(layer: Layer, channel_block: int = 1, fused: bool = False) -> str:
     """The latency model's kind of a layer (edgenas.targets.LATENCY_KINDS): the layer kind refined where runtimes
     behave differently; a kind without coefficients of its own falls back to the layer kind (KIND_FALLBACK)."""
     if layer.kind == "conv" and layer.in_shapes and len(layer.in_shapes[0]) == 3:
+        if layer.groups > 1:
+            return "gconv"
         if layer.in_shapes[0][0] < channel_block:
             return "conv_narrow"
         return "conv1x1" if conv_kernel_size(layer) == 1 else "conv"
@@ -294,6 +351,8 @@ def latency_kind(layer: Layer, channel_block: int = 1, fused: bool = False) -> s
         return "dwconv3" if k <= 3 else "dwconv5" if k <= 5 else "dwconv7"
     if fused and layer.kind in ("act", "add"):
         return f"{layer.kind}_fused"
+    if layer.kind == "concat" and len(layer.inputs) == 1:
+        return "copy"
     return layer.kind
 
 
@@ -304,14 +363,22 @@ def latency_kinds(g: CostGraph, channel_block: int = 1) -> list[str]:
 
 
 def layer_cycles(layer: Layer, model, kind: str | None = None) -> float:
-    """cycles = fixed + per_mac * MACs + per_byte * bytes moved + per_input_byte * bytes read + per_output_byte *
-    bytes written + per_weight_byte * weight bytes (coefficients per latency kind, see edgenas.targets.KindCost;
-    `kind` from latency_kinds, default: the layer's own kind refined without the graph's fusion context)."""
+    """cycles = sum over ALL_FEATURES of the kind's coefficient times the feature (KindCost.coefficients: fixed +
+    per MAC + per byte read / written / of weights + the shape terms), plus the learned correction of a
+    "boosted-trees" model; never below 0. A "macs-only" model counts plain MACs with its default coefficients; a
+    model of a runtime that folds constants (folds_zero_ops) charges nothing for a folded layer.
+    `kind` from latency_kinds (default: the layer's own kind refined without the graph's fusion context)."""
+    if layer.folded and getattr(model, "folds_zero_ops", False):
+        return 0.0
     block = getattr(model, "channel_block", 1)
-    c = model.for_kind(kind or latency_kind(layer, block))
-    _, macs, b_in, b_out, b_w = layer_features(layer, BYTES_PER_ELEMENT[model.dtype], block)
-    return c.fixed_cycles + c.cycles_per_mac * macs + c.cycles_per_byte * (b_in + b_out + b_w) + \
-        c.cycles_per_input_byte * b_in + c.cycles_per_output_byte * b_out + c.cycles_per_weight_byte * b_w
+    kind = kind or latency_kind(layer, block)
+    bpe = BYTES_PER_ELEMENT[model.dtype]
+    features = layer_features(layer, bpe, block)
+    cycles = sum(c * f for c, f in zip(model.for_kind(kind).coefficients(), features))
+    trees = getattr(model, "trees", None)
+    if trees is not None:
+        cycles += trees.cycles(tree_descriptor(layer, kind, trees.kinds, bpe, block))
+    return max(cycles, 0.0)
 
 
 def predict_latency(g: CostGraph, target) -> LatencyPrediction:
@@ -323,7 +390,8 @@ def predict_latency(g: CostGraph, target) -> LatencyPrediction:
                      for i, c in enumerate(cumulative))
     return LatencyPrediction(target=target.name, clock_hz=target.clock_hz, dtype=model.dtype,
                              layer_names=tuple(layer.name for layer in g.layers), layer_cycles=tuple(cycles),
-                             layer_s=tuple(c / target.clock_hz for c in cycles), per_exit_s=per_exit)
+                             layer_s=tuple(c / target.clock_hz for c in cycles), per_exit_s=per_exit,
+                             interval=getattr(model, "interval", None))
 
 
 def expected_latency_s(pred: LatencyPrediction, exit_rates: Sequence[float]) -> float:
@@ -340,7 +408,7 @@ def layer_table(g: CostGraph, target) -> list[dict]:
     kinds = latency_kinds(g, target.latency.channel_block)
     rows = []
     for layer, cycles, seconds, live_bytes, lkind in zip(g.layers, pred.layer_cycles, pred.layer_s, live, kinds):
-        _, _, b_in, b_out, b_w = layer_features(layer, width)
+        _, _, b_in, b_out, b_w = layer_features(layer, width)[:len(FEATURES)]
         rows.append(dict(name=layer.name, kind=layer.kind, latency_kind=lkind, part=layer.part, index=layer.index,
                          in_shapes=[list(s) for s in layer.in_shapes], out_shape=list(layer.out_shape),
                          macs=layer.macs, params=layer.params, input_bytes=b_in, output_bytes=b_out, weight_bytes=b_w,
@@ -364,6 +432,7 @@ class CostReport:
     flash_bytes_fp32: int
     flash_bytes_int8: int
     latency_per_exit_s: tuple[float, ...]
+    latency_interval: tuple[float, float] | None = None  # the latency model's 90 % interval, ratios (None: none)
 
     @property
     def macs_worst(self) -> int:
@@ -376,7 +445,9 @@ class CostReport:
     def to_dict(self) -> dict:
         """JSON-ready figures (tuples become lists)."""
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        out.update(macs_worst=self.macs_worst, latency_worst_s=self.latency_worst_s)
+        out.update(macs_worst=self.macs_worst, latency_worst_s=self.latency_worst_s,
+                   latency_interval_per_exit_s=None if self.latency_interval is None else
+                   [list(latency_interval(s, self.latency_interval)) for s in self.latency_per_exit_s])
         return out
 
 
@@ -397,7 +468,16 @@ def analyze(g: CostGraph, target, dtype: str = "float32") -> CostReport:
         flash_bytes=flash_bytes(g, width, target.code_size_bytes + code),
         flash_bytes_fp32=flash_bytes(g, 4, target.code_size_bytes + code32),
         flash_bytes_int8=flash_bytes(g, 1, target.code_size_bytes + code8),
-        latency_per_exit_s=predict_latency(g, target).per_exit_s)
+        latency_per_exit_s=predict_latency(g, target).per_exit_s,
+        latency_interval=getattr(target.latency, "interval", None))
+
+
+def near_edge(value: float, limit: float | None, interval: tuple[float, float] | None) -> bool:
+    """Whether a latency budget lies inside a prediction's interval: the verdict (fits or not) may be wrong."""
+    if limit is None or interval is None:
+        return False
+    low, high = latency_interval(value, interval)
+    return low <= limit <= high
 
 
 def violations(report: CostReport, budgets, exit_rates: Sequence[float] | None = None,

@@ -17,10 +17,16 @@ measurement is an *observation*: a measured time and the summed features of the 
 - end-to-end measurements (CSV: `model,latency_ms` or `latency_s` / `latency_us`): one observation per model whose
   features are the sums over all its layers (what a user often has from a board).
 
-Fit (edgenas.cost.fitting): non-negative least squares on *relative* error (latencies span orders of magnitude)
-with a Huber loss (scipy.optimize.least_squares), so that a few disturbed measurements do not pull the coefficients. Held-out error comes from
-K-fold cross-validation over models (a model's observations never straddle folds), compared with a MACs-only
-baseline (seconds = a + b * MACs, fitted the same way).
+Per-layer and end-to-end sources mix; repeated measurements of one model are aggregated (their median), their
+spread is the noise floor reported with the calibration, and repeats far from their median are flagged. A CSV may
+carry a `threads` column: one thread count is calibrated at a time (`threads`).
+
+Fit (edgenas.cost.fitting): every model family (macs-only, per-kind, per-kind-shape, boosted-trees) is fitted and
+cross-validated (K folds over models: a model's observations never straddle folds); the family with the best
+held-out figures for the objective is written, never one worse than MACs-only (then MACs-only is written and the
+reason given). The override records the chosen family, every family's CV figures, the MACs-only baseline, the noise
+floor, and a 90 % prediction interval (held-out measured / predicted quantiles of the chosen family) that `analyze`
+and the search report show.
 
 `edgenas-profile/1` JSON (paths relative to the JSON file; times in seconds):
 
@@ -42,37 +48,58 @@ from datetime import date
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from edgenas.cost.analysis import BYTES_PER_ELEMENT, FEATURES
-from edgenas.cost.fitting import Fit, accuracy, cross_validate, fit, fit_macs_only, folds, kendall_tau, robust_nnls
-from edgenas.cost.measurements import (PROFILE_FORMAT, Measurements, ModelTotal, Observation, graph_features,
-                                       read_csv, read_measurements, read_ort_profile, read_profile_json)
+from edgenas.cost.analysis import ALL_FEATURES, BYTES_PER_ELEMENT, FEATURES
+from edgenas.cost.fitting import (OBJECTIVES, Fit, Selection, accuracy, cross_validate, fit, fit_family,
+                                  fit_macs_only, fit_macs_only_model, folds, kendall_tau, robust_nnls, select_family,
+                                  tree_correction)
+from edgenas.cost.measurements import (PROFILE_FORMAT, Measurements, ModelTotal, Observation, aggregate_repeats,
+                                       graph_features, read_csv, read_measurements, read_ort_profile,
+                                       read_profile_json)
 from edgenas.errors import EdgenasError
-from edgenas.fileio import atomic_write_text, missing_folders, remove_created
+from edgenas.targets import LATENCY_FAMILIES, LATENCY_RUNTIMES
+from edgenas.fileio import atomic_write_text, json_finite, missing_folders, remove_created
 
 __all__ = [  # the calibration API: this module's own names and those of the modules it is built from
-    "CHANNEL_BLOCKS", "FEATURES", "MIN_DISTINCT_MODELS", "PROFILE_FORMAT", "Calibration", "Fit", "Measurements",
-    "ModelTotal", "Observation", "accuracy", "calibrate", "cross_validate", "fit", "fit_macs_only", "folds",
+    "ALL_FEATURES", "CHANNEL_BLOCKS", "FAMILIES", "FEATURES", "MIN_DISTINCT_MODELS", "OBJECTIVES", "PROFILE_FORMAT",
+    "Calibration", "Fit", "Measurements", "ModelTotal", "Observation", "Selection", "accuracy", "aggregate_repeats",
+    "calibrate", "cross_validate", "fit", "fit_family", "fit_macs_only", "fit_macs_only_model", "folds",
     "graph_features", "kendall_tau", "latency_model", "read_csv", "read_measurements", "read_ort_profile",
-    "read_profile_json", "require_distinct_models", "robust_nnls", "write_override",
+    "read_profile_json", "require_distinct_models", "robust_nnls", "select_family", "write_override",
 ]
 # channel blocks `calibrate` picks from by cross-validation (onnxruntime NCHWc pads to 8 on AVX2, 16 on AVX-512)
 CHANNEL_BLOCKS = (1, 8, 16)
+FAMILIES = LATENCY_FAMILIES
 
 
 # ------------------------------------------------------------------------------------------------ target model
-def latency_model(fitted: Fit, base_model, clock_hz: float, channel_block: int | None = None):
-    """The base target's LatencyModel with the fitted kinds replaced (coefficients in cycles at clock_hz) and the
-    channel block the features were computed with (default: the base's)."""
-    from edgenas.targets import KindCost, LatencyModel
+def latency_model(fitted: Fit, base_model, clock_hz: float, channel_block: int | None = None, runtime: str = "",
+                  interval: tuple[float, float] | None = None, selection: dict | None = None,
+                  folds_zero_ops: bool = False):
+    """The base target's LatencyModel with the fitted kinds replaced (coefficients in cycles at clock_hz), the
+    channel block the features were computed with (default: the base's; 1 for macs-only, which counts plain MACs),
+    the family, its trees, the engine, the prediction interval and the selection record."""
+    from edgenas.targets import SHAPE_FEATURES, KindCost, LatencyModel
 
     kinds = dict(base_model.kinds)
     for kind, coef in fitted.kinds.items():
+        shape = {key: coef[len(FEATURES) + i] * clock_hz for i, (_, key) in enumerate(SHAPE_FEATURES)}
         kinds[kind] = KindCost(fixed_cycles=coef[0] * clock_hz, cycles_per_mac=coef[1] * clock_hz, cycles_per_byte=0.0,
                                cycles_per_input_byte=coef[2] * clock_hz, cycles_per_output_byte=coef[3] * clock_hz,
-                               cycles_per_weight_byte=coef[4] * clock_hz)
+                               cycles_per_weight_byte=coef[4] * clock_hz, **shape)
     block = base_model.channel_block if channel_block is None else channel_block
+    if fitted.family == "macs-only":
+        block = 1
     return LatencyModel(kinds=kinds, per_inference_cycles=fitted.per_inference_s * clock_hz,
-                        per_exit_cycles=base_model.per_exit_cycles, dtype=base_model.dtype, channel_block=block)
+                        per_exit_cycles=base_model.per_exit_cycles, dtype=base_model.dtype, channel_block=block,
+                        family=fitted.family, runtime=runtime, trees=tree_correction(fitted, clock_hz),
+                        interval=interval, selection=selection, folds_zero_ops=folds_zero_ops)
+
+
+def engine_of(runtime_text: str) -> str:
+    """The LATENCY_RUNTIMES engine a profile's free-text runtime names ("" when it names neither)."""
+    text = runtime_text.lower()
+    found = [e for e, words in (("ort", ("onnxruntime", "ort ")), ("tvm", ("tvm",))) if any(w in text for w in words)]
+    return found[0] if len(found) == 1 else ""
 
 
 @dataclass(frozen=True)
@@ -80,54 +107,82 @@ class Calibration:
     target: str                 # base target name
     latency: object             # edgenas.targets.LatencyModel
     fit: Fit
-    cv: dict | None             # cross_validate(...)
+    cv: dict | None             # cross_validate(...): "model" is the chosen family's held-out accuracy
     n_models: int
     n_observations: int
     sources: tuple[str, ...]
     device: str
-    runtime: str
+    runtime: str                # the engine the model is for (LATENCY_RUNTIMES, "" unknown)
     threads: int | None
     toml: str                   # the override file's text
     channel_block: int = 1      # the one the model uses (chosen by cross-validation unless given)
     block_cv: Mapping[int, dict] = field(default_factory=dict)  # candidate channel block -> its cross_validate
+    family: str = "per-kind"    # the family written
+    family_cv: Mapping[str, dict] = field(default_factory=dict)  # family -> held-out accuracy at the chosen block
+    fallback: str = ""          # why MACs-only was written ("" when a richer family qualified)
+    objective: str = "both"
+    interval: tuple[float, float] | None = None
+    noise_floor: float | None = None
+    repeated_models: int = 0
+    outliers: tuple[str, ...] = ()
+    runtime_version: str = ""   # provenance text (e.g. "onnxruntime 1.32 CPU")
 
     def to_dict(self) -> dict:
         """What `summary` says, as JSON values (`calibrate --json`); NaN (e.g. Kendall tau of constant
         predictions) becomes None, since JSON has no NaN."""
         from edgenas.targets import latency_to_dict
 
-        def clean(v):
-            if isinstance(v, float):
-                return v if math.isfinite(v) else None
-            if isinstance(v, dict):
-                return {str(k): clean(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [clean(x) for x in v]
-            return v
-
         latency = latency_to_dict(self.latency)
-        return clean({"target": self.target, "n_models": self.n_models, "n_observations": self.n_observations,
+        return json_finite({"target": self.target, "n_models": self.n_models, "n_observations": self.n_observations,
                       "sources": list(self.sources), "device": self.device, "runtime": self.runtime,
-                      "threads": self.threads, "channel_block": self.channel_block,
-                      "channel_block_cv": {b: cv["model"] for b, cv in sorted(self.block_cv.items())},
+                      "runtime_version": self.runtime_version, "threads": self.threads,
+                      "family": self.family, "objective": self.objective, "fallback": self.fallback or None,
+                      "family_cv": dict(self.family_cv), "interval": self.interval,
+                      "noise_floor": self.noise_floor, "repeated_models": self.repeated_models,
+                      "outliers": list(self.outliers), "channel_block": self.channel_block,
+                      "channel_block_cv": {b: cv["families"].get(self.family, cv["macs_only"])
+                                           for b, cv in sorted(self.block_cv.items())},
                       "cross_validation": self.cv, "latency": latency})
 
     def summary(self) -> str:
-        lines = [f"calibrated '{self.target}' on {self.n_models} models ({self.n_observations} observations; "
-                 f"device: {self.device or 'unknown'}, runtime: {self.runtime or 'unknown'}, "
+        engine = {"ort": "onnxruntime", "tvm": "TVM"}.get(self.runtime, "unknown engine")
+        lines = [f"calibrated '{self.target}' for {engine} on {self.n_models} models ({self.n_observations} "
+                 f"observations; device: {self.device or 'unknown'}, runtime: {self.runtime_version or 'unknown'}, "
                  f"threads: {self.threads or 'unknown'}); channel block {self.channel_block}"]
+        if self.noise_floor is not None:
+            lines.append(f"noise floor: {100 * self.noise_floor:.1f}% (median deviation of repeated measurements, "
+                         f"{self.repeated_models} model(s) measured more than once)")
+        else:
+            lines.append("noise floor: unknown (no model was measured more than once; repeat rows to get it)")
+        for note in self.outliers[:5]:
+            lines.append(f"outlier (ignored by the median): {note}")
+        if len(self.outliers) > 5:
+            lines.append(f"... and {len(self.outliers) - 5} more outliers")
         if len(self.block_cv) > 1:
             lines.append("channel block chosen by cross-validation: " + ", ".join(
-                f"{b}: {cv['model']['within_10pct']:.1f}% within +-10%" for b, cv in sorted(self.block_cv.items())))
+                f"{b}: {cv['families'].get(self.family, cv['macs_only'])['within_10pct']:.1f}% within +-10%"
+                for b, cv in sorted(self.block_cv.items())))
         if self.cv is None:
-            lines.append("cross-validation needs at least 3 models: no held-out error reported")
+            lines.append("cross-validation needs at least 3 models: no held-out error reported; per-kind model written")
+            return "\n".join(lines)
+        lines.append(f"{self.cv['folds']}-fold cross-validated, held-out models (objective: {self.objective}):")
+        rows = [*((f, self.family_cv[f]) for f in LATENCY_FAMILIES if f in self.family_cv),
+                ("MACs-only baseline", self.cv["macs_only"])]
+        for name, m in rows:
+            mark = "*" if name == self.family else " "
+            lines.append(f" {mark}{name:<19} within +-5%: {m['within_5pct']:5.1f}%  within +-10%: "
+                         f"{m['within_10pct']:5.1f}%  Kendall tau: {m['kendall_tau']:.3f}  "
+                         f"median |error|: {100 * m['median_abs_rel_error']:.1f}%")
+        if self.fallback:
+            lines.append(f"fell back to MACs-only: {self.fallback}")
         else:
-            lines.append(f"{self.cv['folds']}-fold cross-validated, held-out models:")
-            for name, key in (("per-kind model", "model"), ("MACs-only baseline", "macs_only")):
-                m = self.cv[key]
-                lines.append(f"  {name:<19} within +-5%: {m['within_5pct']:5.1f}%  within +-10%: "
-                             f"{m['within_10pct']:5.1f}%  Kendall tau: {m['kendall_tau']:.3f}  "
-                             f"median |error|: {100 * m['median_abs_rel_error']:.1f}%")
+            lines.append(f"wrote the {self.family} model (*): the best held-out figures, none worse than MACs-only")
+        if self.latency.folds_zero_ops:
+            lines.append("folded constant operands (x*0, x+0 and their dead branches) cost nothing: that fitted the "
+                         "measurements better on cross-validation")
+        if self.interval is not None:
+            lines.append(f"90% prediction interval: {100 * (self.interval[0] - 1):+.1f}% .. "
+                         f"{100 * (self.interval[1] - 1):+.1f}% of a prediction (held-out measured / predicted)")
         return "\n".join(lines)
 
 
@@ -149,74 +204,146 @@ def require_distinct_models(meas: Measurements) -> int:
     n = len({_model_signature(t) for t in meas.totals})
     if n < MIN_DISTINCT_MODELS:
         raise EdgenasError(f"the measurements cover {n} distinct model{'s' if n != 1 else ''} "
-                           f"({len(meas.totals)} measured), calibrate needs at least {MIN_DISTINCT_MODELS}",
+                           f"({meas.n_measured or len(meas.totals)} measured), calibrate needs at least {MIN_DISTINCT_MODELS}",
                            f"measure at least {MIN_DISTINCT_MODELS} different networks (copies of one model count "
                            "once), so that cross-validation can report the held-out error")
     return n
 
 
-def _cv_rank(cv: dict | None) -> tuple:
+def _best_score(cv: dict | None, objective: str) -> float:
+    """The best selection score any family reaches in a cross-validation (-inf without one)."""
     if cv is None:
-        return (0.0, 0.0, 0.0)
-    m = cv["model"]
-    return (m["within_10pct"], m["within_5pct"], -m["median_abs_rel_error"])
+        return -math.inf
+    sel = select_family(cv["families"], cv["macs_only"], objective)
+    return sel.scores.get(sel.family, -math.inf)
+
+
+def _interval(acc: Mapping) -> tuple[float, float]:
+    """A prediction interval from held-out ratios, widened to hold 1 (a prediction is inside its own interval)."""
+    return min(float(acc["ratio_low"]), 1.0), max(float(acc["ratio_high"]), 1.0)
+
+
+def _selection_record(sel: Selection, cv: dict, noise_floor: float | None, n_models: int) -> dict:
+    keys = ("within_10pct", "within_5pct", "kendall_tau", "median_abs_rel_error", "n")
+    record = {"family": sel.family, "objective": sel.objective, "folds": cv["folds"], "n_models": n_models,
+              "cv": {f: {k: acc[k] for k in keys} for f, acc in cv["families"].items()},
+              "macs_only": {k: cv["macs_only"][k] for k in keys}}
+    if sel.fallback:
+        record["fallback"] = sel.fallback
+    if noise_floor is not None:
+        record["noise_floor"] = noise_floor
+    return record
 
 
 def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "", threads: int | None = None,
               name: str | None = None, extends: str | None = None, k: int = 5,
-              channel_block: int | None = None) -> Calibration:
+              channel_block: int | None = None, families: Sequence[str] | None = None, objective: str = "both",
+              runtime_version: str = "") -> Calibration:
     """Fit `target`'s latency model (a loaded edgenas.targets.Target) from measurement files; nothing is written.
 
-    channel_block: the runtime's channel padding (LatencyModel.channel_block). None: the candidates CHANNEL_BLOCKS
-    and the target's own are each fitted and the one with the best K-fold held-out accuracy is kept. Measurements
+    families: the LATENCY_FAMILIES to consider (default all); the one with the best cross-validated figures for
+    `objective` (OBJECTIVES: ranking = Kendall tau, budgets = share within +-10 %, both = their mean) is written,
+    never one worse than MACs-only in either figure (fitting.select_family). channel_block: the runtime's channel
+    padding (LatencyModel.channel_block); None: the candidates CHANNEL_BLOCKS and the target's own are each tried
+    and the best pair (family, block) kept. runtime: the engine measured ("ort" or "tvm"; "" = named by the
+    profiles' runtime text, if they name one). threads: the thread count calibrated (selects CSV rows). Measurements
     of fewer than MIN_DISTINCT_MODELS distinct models are refused, as is a name check_target_name refuses."""
     from edgenas.targets import Provenance, check_target_name, latency_override_toml
 
     new_name = check_target_name(name or f"{target.name}-calibrated", "calibrated target name")
+    if runtime and runtime not in LATENCY_RUNTIMES:
+        raise EdgenasError(f"runtime '{runtime}' is not an engine edgenas calibrates for",
+                           f"use one of {', '.join(LATENCY_RUNTIMES)} (free text goes to --runtime-version)")
+    families = list(LATENCY_FAMILIES if families is None else families)
+    unknown = [f for f in families if f not in LATENCY_FAMILIES]
+    if unknown or not families:
+        raise EdgenasError(f"unknown latency model family '{unknown[0] if unknown else ''}'",
+                           f"use some of {', '.join(LATENCY_FAMILIES)}")
+    if objective not in OBJECTIVES:
+        raise EdgenasError(f"unknown selection objective '{objective}'", f"use one of {', '.join(OBJECTIVES)}")
     bpe = BYTES_PER_ELEMENT[target.latency.dtype]
     per_exit_s = target.latency.per_exit_cycles / target.clock_hz
     own = target.latency.channel_block
     candidates = [channel_block] if channel_block is not None else sorted({own, *CHANNEL_BLOCKS})
-    tried: dict[int, tuple] = {}
+    if families == ["macs-only"]:
+        candidates = [1]  # plain MACs: the block changes nothing
+    tried: dict[int, tuple] = {}  # block -> (measurements, cross-validation, folds_zero_ops)
+    fold_options = [False]
     for block in candidates:
-        meas = read_measurements(sources, bpe, block)
+        meas = read_measurements(sources, bpe, block, threads, engine=runtime)
         if not tried:
             require_distinct_models(meas)
-        cv = cross_validate(meas, per_exit_s, k)
-        tried[block] = (meas, cv)
+            # a runtime may or may not fold constant operands (Layer.folded): try both when the models have any
+            folded = read_measurements(sources, bpe, block, threads, folds=True, engine=runtime)
+            if [o.features for o in folded.observations] != [o.features for o in meas.observations]:
+                fold_options = [False, True]
+        cv = cross_validate(meas, per_exit_s, k, families=families)
+        tried[block] = (meas, cv, False)
         if cv is None:  # too few models to compare: keep the given / the target's block
             candidates = [channel_block if channel_block is not None else own]
             if candidates[0] != block:
-                meas = read_measurements(sources, bpe, candidates[0])
-                tried = {candidates[0]: (meas, None)}
+                meas = read_measurements(sources, bpe, candidates[0], threads, engine=runtime)
+                tried = {candidates[0]: (meas, None, False)}
             break
-    block = max(tried, key=lambda b: (_cv_rank(tried[b][1]), b == own, -b))
-    meas, cv = tried[block]
-    fitted = fit(meas.observations, per_exit_s)
-    model = latency_model(fitted, target.latency, target.clock_hz, block)
-    device = device or meas.device
-    runtime = runtime or meas.runtime
-    threads = threads or meas.threads
+        if True in fold_options:
+            folded = read_measurements(sources, bpe, block, threads, folds=True, engine=runtime)
+            folded_cv = cross_validate(folded, per_exit_s, k, families=families)
+            if _best_score(folded_cv, objective) > _best_score(cv, objective):
+                tried[block] = (folded, folded_cv, True)
+    selections = {b: select_family(cv["families"], cv["macs_only"], objective)
+                  for b, (_, cv, _) in tried.items() if cv is not None}
+    if selections:
+        block = max(selections, key=lambda b: (selections[b].scores.get(selections[b].family, -math.inf)
+                                               if not selections[b].fallback else -math.inf, b == own, -b))
+        sel = selections[block]
+        if sel.fallback:  # every block fell back: MACs-only does not depend on the block
+            block = own if own in selections else block
+        meas, cv, folds = tried[block]
+        cv = {**cv, "model": cv["families"].get(sel.family, cv["macs_only"])}
+        family = sel.family
+    else:
+        block = next(iter(tried))
+        meas, cv, folds = tried[block]
+        family = "per-kind" if "per-kind" in families else families[0]
+        sel = None
+    fitted = fit_family(meas.observations, per_exit_s, family, meas.totals)
+    interval = _interval(cv["model"]) if cv is not None else None
     n_models = len({t.model for t in meas.totals})
+    selection = _selection_record(sel, cv, meas.noise_floor, n_models) if sel is not None else None
+    device = device or meas.device
+    runtime_version = runtime_version or meas.runtime
+    runtime = runtime or engine_of(runtime_version)
+    threads = threads or meas.threads
+    model = latency_model(fitted, target.latency, target.clock_hz, block, runtime, interval, selection,
+                          folds and family != "macs-only")
     chosen = f" (chosen by cross-validation among {', '.join(map(str, sorted(tried)))})" if len(tried) > 1 else ""
-    notes = (f"fitted by edgenas calibrate: non-negative per-kind coefficients (calls, MACs, input/output/weight "
-             f"bytes), Huber-loss non-negative least squares on relative error, {len(meas.observations)} observations from "
-             f"{n_models} models ({', '.join(sorted(fitted.kinds))}); channels padded to a multiple of {block}"
-             f"{chosen}; per_exit_cycles kept from the base.")
+    notes = (f"fitted by edgenas calibrate: family {family}"
+             + (f" (fell back: {sel.fallback})" if sel is not None and sel.fallback else
+                f" (chosen by {cv['folds']}-fold CV for objective {objective})" if sel is not None else "")
+             + f", {len(meas.observations)} observations from {n_models} models ({', '.join(sorted(fitted.kinds))});"
+             f" channels padded to a multiple of {model.channel_block}{chosen}"
+             f"{'; folded constant operands cost nothing (chosen by CV)' if model.folds_zero_ops else ''}"
+             "; per_exit_cycles kept from the base.")
     if cv is not None:
         m, b = cv["model"], cv["macs_only"]
         notes += (f" {cv['folds']}-fold CV on held-out models: {m['within_10pct']:.1f}% within +-10%, "
                   f"{m['within_5pct']:.1f}% within +-5%, Kendall tau {m['kendall_tau']:.3f} (MACs-only baseline: "
                   f"{b['within_10pct']:.1f}% / {b['within_5pct']:.1f}% / {b['kendall_tau']:.3f}).")
+    notes += (f" Noise floor {100 * meas.noise_floor:.1f}% ({meas.repeated_models} repeated models)."
+              if meas.noise_floor is not None else " Noise floor unknown (no repeated measurements).")
     prov = Provenance(source=f"edgenas calibrate on {n_models} models: {', '.join(meas.sources)}"[:500],
                       measured_on=device or "unknown device",
-                      runtime=f"{runtime or 'unknown runtime'}, {threads or 'unknown'} thread(s)",
+                      runtime=f"{runtime_version or 'unknown runtime'}, {threads or 'unknown'} thread(s)",
                       date=date.today().isoformat(), notes=notes)
     text = latency_override_toml(extends or target.name, new_name, model, [prov])
     return Calibration(target=target.name, latency=model, fit=fitted, cv=cv, n_models=n_models,
                        n_observations=len(meas.observations), sources=tuple(meas.sources), device=device,
-                       runtime=runtime, threads=threads, toml=text, channel_block=block,
-                       block_cv={b: c for b, (_, c) in tried.items() if c is not None})
+                       runtime=runtime, threads=threads, toml=text, channel_block=model.channel_block,
+                       block_cv={b: c for b, (_, c, _) in tried.items() if c is not None}, family=family,
+                       family_cv=dict(cv["families"]) if cv is not None else {},
+                       fallback=sel.fallback if sel is not None else "", objective=objective, interval=interval,
+                       noise_floor=meas.noise_floor, repeated_models=meas.repeated_models,
+                       outliers=tuple(meas.outliers), runtime_version=runtime_version)
 
 
 def write_override(cal: Calibration, out: Path) -> Path:

@@ -10,7 +10,15 @@ Conventions:
   NAS literature and of torch's FlopCounterMode (flops = 2 * MACs). Pooling, elementwise and data-movement layers
   have 0 MACs; the latency model costs them by the bytes they move;
 - `params` are the deployed parameters: BatchNorm folded into the conv/linear before it (weights + one bias per
-  output channel), so BN gets no layer of its own.
+  output channel), so BN gets no layer of its own;
+- `kernel`, `stride` (the largest side of a non-square window) and `groups` (C_in for depthwise) describe conv,
+  dwconv and pool layers; every other layer keeps 1, 1, 1;
+- kind "reshape" is a view of its input (no buffer of its own); "concat" is any copy into a new buffer: a
+  concatenation, and the channel split (Slice, Split) and Transpose that e.g. ShuffleNet's channel shuffle uses;
+- constant subgraphs (shape arithmetic) are not layers; elementwise identities (x + 0, x * 1), products with zero,
+  the add of a zero branch and the layers that only feed a product with zero are layers marked `folded`: MACs,
+  params and SRAM count them (onnxruntime and TVM compute them), and a latency model with `folds_zero_ops` (a
+  runtime that folds constants, e.g. TFLite) charges them nothing.
 """
 from __future__ import annotations
 
@@ -36,6 +44,11 @@ class Layer:
     params: int
     part: str                                # "segment" or "head"
     index: int                               # segment index, or exit index for heads
+    kernel: int = 1                          # conv/pool window side (k of k x k; 1 for other kinds)
+    stride: int = 1                          # conv/pool stride
+    groups: int = 1                          # conv groups (c_in for depthwise)
+    folded: bool = False                     # a runtime that folds constants may skip it (x+0, x*1, x*0 and the
+                                             # layers only feeding a product with zero, an add of a zero branch)
 
 
 @dataclass(frozen=True)

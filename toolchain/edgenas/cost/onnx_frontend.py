@@ -1,7 +1,10 @@
 """ONNX front end: an onnx.ModelProto -> CostGraph (for `edgenas analyze model.onnx`).
 
-Shapes come from onnx.shape_inference. The first graph input that is not an initializer is the image; its first
-dimension is the batch and is dropped from every shape.
+Shapes come from onnx.shape_inference (with data propagation). When it leaves a node output without a static shape
+(a Slice whose ends are computed from Shape, as in ShuffleNetV2), the shapes of onnxruntime's constant-folded graph
+are used for those outputs (onnx_graph.folded_shapes); the walked graph stays the original one, so layer names stay
+the model's node names (which calibration maps onnxruntime profile events to). The first graph input that is not
+an initializer is the image; its first dimension is the batch and is dropped from every shape.
 
 A plain graph is one segment and one exit (its first output), with every layer in the segment. A graph with
 early-exit `If` nodes (edgenas export: then-branch = take exit i, else-branch = continue, nested) is split at each
@@ -10,9 +13,13 @@ the then-branch form head i, and the else-branch is walked the same way for exit
 its layers all count as the last segment (its head cannot be told apart from the backbone in a plain graph, which
 changes labels only, not per-exit totals). Nodes after the outermost `If` that only pass its results on are ignored.
 
-Nodes computed from constants only (Shape, shape arithmetic, Constant) are folded away, as a deployment would.
-Every other node is costed by the handler its op type maps to (_HANDLERS), which applies the rules shared with the
-torch front end (edgenas.cost.layer_rules).
+Nodes computed from constants only (Shape, shape arithmetic, Constant) are folded away, as every deployment does.
+Elementwise identities (x + 0, x * 1, ...), products with zero, the add of such a zero branch, what is computed from
+those zeros only, and the layers that only feed a product with zero are layers as in an unfolded graph, marked
+`folded` (layer_rules.constant_operand_fold, layer_rules.mark_dead): onnxruntime and TVM compute most of them,
+TFLite folds them, so only the latency model decides whether they cost time. Every other node is costed by the
+handler its op type maps to (_HANDLERS), which applies the rules shared with the torch front end
+(edgenas.cost.layer_rules).
 """
 from __future__ import annotations
 
@@ -20,26 +27,37 @@ import math
 from dataclasses import dataclass
 
 from edgenas.cost.graph import CostGraph, validate
-from edgenas.cost.onnx_graph import (ancestors, attr_graph, attr_int, descendants, outer_refs, subgraphs, value_shape,
+from edgenas.cost.layer_rules import (PendingLayer, adaptive_pool_window, constant_operand_fold, conv_rule,
+                                      fold_batchnorm, fold_bias, linear_macs, mark_dead, mean_kind,
+                                      unfolded_batchnorm_params, window)
+from edgenas.cost.onnx_graph import (ancestors, attr_graph, attr_int, attr_ints, descendants, folded_shapes,
+                                     missing_shapes, outer_refs, static_shapes, subgraphs,
                                      with_visible_constants)
-from edgenas.cost.layer_rules import (PendingLayer, conv_rule, fold_batchnorm, fold_bias, linear_macs, mean_kind,
-                                      unfolded_batchnorm_params)
 from edgenas.errors import EdgenasError
 
 _ACT_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Softmax", "Elu", "Selu",
             "Gelu", "Erf", "Exp", "PRelu", "Softplus", "Mish"}
 _RESHAPE_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze"}
-_POOL_OPS = {"MaxPool", "AveragePool", "LpPool", "GlobalMaxPool"}
+_POOL_OPS = {"MaxPool", "AveragePool", "LpPool"}
+_GLOBAL_POOL_OPS = {"GlobalMaxPool", "GlobalLpPool"}
 _ALIAS_OPS = {"Identity", "Dropout"}
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "PRelu"}
 _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div"}
+# Operators whose output is zero when every activation input is (moves, max/average, ReLU): a zero branch stays a
+# zero through them, so the add that finally sums it into a live branch is still an identity
+_ZERO_PRESERVING_OPS = _RESHAPE_OPS | {"Transpose", "Slice", "Split", "Concat", "Relu", "MaxPool", "AveragePool",
+                                       "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "Neg"}
+# Copies of (part of) an activation into a new buffer: costed like a concatenation (kind "concat": the bytes read and
+# written, a buffer of its own in the SRAM plan). A Transpose is no view (unlike Reshape), and onnxruntime copies the
+# output of Slice and Split too.
+_COPY_OPS = {"Transpose", "Slice", "Split"}
 # Operators without weights or MACs that the latency model costs by the bytes they move (kind "other"). An
 # operator without a handler (_HANDLERS) is unknown: its MACs and weights are not counted, and `analyze` says so.
-_DATA_OPS = {"Transpose", "Slice", "Split", "Pad", "Resize", "Upsample", "Cast", "Expand", "Tile", "DepthToSpace",
-             "SpaceToDepth", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ArgMax", "ArgMin", "Sqrt", "Pow",
-             "Neg", "Abs", "Reciprocal", "Log", "Max", "Min", "Sum", "Equal", "Greater", "Less", "GreaterOrEqual",
-             "LessOrEqual", "Not", "And", "Or", "Where", "Floor", "Ceil", "Round", "Sign", "QuantizeLinear",
-             "DequantizeLinear", "ConstantOfShape", "Range", "If", "Gather"}
+_DATA_OPS = {"Pad", "Resize", "Upsample", "Cast", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "ReduceMax",
+             "ReduceMin", "ReduceSum", "ReduceL2", "ArgMax", "ArgMin", "Sqrt", "Pow", "Neg", "Abs", "Reciprocal",
+             "Log", "Max", "Min", "Sum", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And",
+             "Or", "Where", "Floor", "Ceil", "Round", "Sign", "QuantizeLinear", "DequantizeLinear",
+             "ConstantOfShape", "Range", "If", "Gather"}
 
 
 def check_opset(model, name: str) -> None:
@@ -65,11 +83,14 @@ def from_onnx(model) -> CostGraph:
         model = _load(model)
     check_opset(model, name)
     try:
-        inferred = shape_inference.infer_shapes(with_visible_constants(model), strict_mode=False)
+        inferred = shape_inference.infer_shapes(with_visible_constants(model), strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError and checker errors
         raise EdgenasError(f"ONNX shape inference failed: {' '.join(str(exc).split())[:200]}",
                            "check the model with onnx.checker.check_model and export it with static shapes") from None
-    return _Walker(inferred).run()
+    shapes = static_shapes(inferred.graph)
+    if missing_shapes(inferred.graph, shapes):
+        shapes.update({k: v for k, v in folded_shapes(model).items() if v is not None and shapes.get(k) is None})
+    return _Walker(inferred, shapes).run()
 
 
 def _load(path):
@@ -94,13 +115,14 @@ def _strip(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class _Walker:
-    def __init__(self, model):
+    def __init__(self, model, shapes: dict):
         from onnx import numpy_helper
 
         self.np_helper = numpy_helper
         self.model = model
         self.graph = model.graph
-        self.shapes: dict[str, tuple | None] = {}
+        self.shapes: dict[str, tuple | None] = dict(shapes)  # with batch; None where not static
+        self.initializers: dict = {}    # name -> TensorProto, of every (sub)graph
         self.const_values: dict = {}    # name -> numpy array (initializers, Constant nodes)
         self.const_shapes: dict[str, tuple[int, ...]] = {}
         self.consts: set[str] = set()   # tensors known at compile time (weights, shape arithmetic)
@@ -110,17 +132,22 @@ class _Walker:
         self.by_output: dict[str, PendingLayer] = {}
         self.used_names: set[str] = set()
         self.unknown: list[str] = []    # "op (layer name)" of every layer with an operator the cost model lacks
+        # activations a runtime that folds constants knows at compile time: products with zero and what is computed
+        # from them only (their layers are marked folded); `zeros` are those known to be zero
+        self.folded_values: set[str] = set()
+        self.zeros: set[str] = set()
+        self.kept_reads: set[str] = set()  # activations read by nodes that are not layers (If conditions, outputs)
         self._collect(self.graph)
 
     # ------------------------------------------------------------------ bookkeeping over all (sub)graphs
     def _collect(self, graph) -> None:
-        for vi in (*graph.input, *graph.value_info, *graph.output):
-            self.shapes[vi.name] = value_shape(vi)
         for init in graph.initializer:
             self.consts.add(init.name)
             self.const_shapes[init.name] = tuple(int(d) for d in init.dims)
+            self.initializers[init.name] = init
         for out in graph.output:
             self.uses[out.name] = self.uses.get(out.name, 0) + 1
+            self.kept_reads.add(out.name)
         for node in graph.node:
             for name in node.input:
                 if name:
@@ -138,10 +165,9 @@ class _Walker:
         name = self.resolve(name)
         if name in self.const_values:
             return self.const_values[name]
-        for init in self.graph.initializer:
-            if init.name == name:
-                self.const_values[name] = self.np_helper.to_array(init)
-                return self.const_values[name]
+        if name in self.initializers:
+            self.const_values[name] = self.np_helper.to_array(self.initializers[name])
+            return self.const_values[name]
         return None
 
     def const_shape(self, name: str) -> tuple[int, ...]:
@@ -179,6 +205,7 @@ class _Walker:
         self.input_name = x.name
         seg_outputs, exit_outputs = [], []
         self._level(self.graph, 0, seg_outputs, exit_outputs)
+        mark_dead(self.layers, {self.resolve(t) for t in (*self.kept_reads, *seg_outputs, *exit_outputs)})
         layers = tuple(layer.freeze() for layer in self.layers)
         return validate(CostGraph(layers=layers, input_name=x.name, input_shape=_strip(self.shapes[x.name]),
                                   segment_outputs=tuple(seg_outputs), exit_outputs=tuple(exit_outputs),
@@ -200,6 +227,7 @@ class _Walker:
             exit_outputs.append(out)
             return
         if_node = ifs[0]
+        self.kept_reads.update(i for i in if_node.input if i)
         then_g = attr_graph(if_node, "then_branch")
         else_g = attr_graph(if_node, "else_branch")
         after_if = descendants(nodes, set(if_node.output))
@@ -283,6 +311,7 @@ class _Walker:
         if op in _ALIAS_OPS:
             self.alias[node.output[0]] = acts[0]
             return
+        fold, passes_on = self._constant_fold(node, acts)
         out = node.output[0]
         out_shape = self.act_shape(out, node)
         in_shapes = tuple(self.act_shape(a, node) if a != self.input_name else _strip(self.shapes[a]) for a in acts)
@@ -299,14 +328,66 @@ class _Walker:
             cost = handler(self, call)
             if cost is None:
                 return  # folded into the layer before it
-        kind, macs, params, has_bias = cost
-        name = node.name or f"{op}_{out}"
-        while name in self.used_names:
-            name += "_"
-        self.used_names.add(name)
-        layer = PendingLayer(name, kind, tuple(acts), out, in_shapes, out_shape, macs, params, part, index, has_bias)
-        self.layers.append(layer)
-        self.by_output[out] = layer
+        kind, macs, params, has_bias, *window_fields = cost
+        kernel, stride, groups = window_fields[0] if window_fields else (1, 1, 1)
+        # a Split writes one tensor per output: one layer each (the first keeps the node's name)
+        outs = [o for o in node.output if o] if op == "Split" else [out]
+        for k, tensor in enumerate(outs):
+            name = node.name or f"{op}_{out}"
+            name = name if k == 0 else f"{name}:{k}"
+            while name in self.used_names:
+                name += "_"
+            self.used_names.add(name)
+            shape = out_shape if tensor == out else self.act_shape(tensor, node)
+            layer = PendingLayer(name, kind, tuple(acts), tensor, in_shapes, shape, macs, params, part, index,
+                                 has_bias, kernel, stride, groups, folded=fold is not None, passes_on=passes_on)
+            self.layers.append(layer)
+            self.by_output[tensor] = layer
+            if fold in ("zero", "constant"):
+                self.folded_values.add(tensor)
+            if fold == "zero":
+                self.zeros.add(tensor)
+
+    def _constant_fold(self, node, acts: list[str]) -> tuple[str | None, str | None]:
+        """How a runtime that folds constants treats a node with activation inputs: ("zero", None) when its output
+        is a constant zero (x * 0), ("constant", None) when it is computed from such folded values only,
+        ("identity", act) when it passes the activation act on unchanged (x + 0, x * 1, a zero branch added to act),
+        (None, None) when it computes."""
+        operands = [self.resolve(i) for i in node.input if i]
+        if all(a in self.folded_values for a in acts):
+            return ("zero" if self._zero_output(node.op_type, operands, acts) else "constant"), None
+        computed = [a for a in acts if a not in self.folded_values]
+        if node.op_type not in _ELEMENTWISE_OPS or len(operands) != 2 or len(computed) != 1 or \
+                len(set(operands)) != 2:
+            return None, None
+        act = computed[0]
+        other = operands[1] if operands[0] == act else operands[0]
+        value = 0.0 if other in self.zeros else self.value(other)
+        if value is None:
+            return None, None
+        in_shape, out_shape = self.shapes.get(act), self.shapes.get(node.output[0])
+        same = in_shape is not None and out_shape is not None and _strip(in_shape) == _strip(out_shape)
+        fold = constant_operand_fold(node.op_type.lower(), value, operands[0] != act, same)
+        return fold, (act if fold == "identity" else None)
+
+    def _zero_output(self, op: str, operands: list[str], acts: list[str]) -> bool:
+        """Whether a node computed from folded values only outputs zero."""
+        import numpy as np
+
+        def zero(t: str) -> bool:
+            value = None if t in self.zeros else self.value(t)
+            if value is None:
+                return t in self.zeros
+            value = np.asarray(value)
+            return value.size > 0 and np.issubdtype(value.dtype, np.number) and not value.any()
+
+        if op == "Mul":
+            return any(zero(t) for t in operands)
+        if op == "Div":
+            return zero(operands[0])
+        if op in ("Add", "Sub"):
+            return all(zero(t) for t in operands)
+        return op in _ZERO_PRESERVING_OPS and all(a in self.zeros for a in acts)
 
     def record_unknown(self, call: "_Call") -> tuple:
         """An operator the cost model lacks: a layer of kind "other" whose MACs and weights are not counted."""
@@ -371,11 +452,25 @@ def _has_bias(node) -> bool:
     return len(node.input) > 2 and bool(node.input[2])
 
 
-# Handlers take (walker, call) and return (kind, MACs, params, has_bias), or None when the node was folded into the
-# layer before it.
+# Handlers take (walker, call) and return (kind, MACs, params, has_bias), with (kernel, stride, groups) appended for
+# conv and pooling layers, or None when the node was folded into the layer before it.
 def _conv(w: _Walker, c: _Call):
-    kind, macs = conv_rule(w.const_shape(c.node.input[1]), attr_int(c.node, "group", 1), c.out_shape)
-    return kind, macs, c.params, _has_bias(c.node)
+    weight_shape, groups = w.const_shape(c.node.input[1]), attr_int(c.node, "group", 1)
+    kind, macs = conv_rule(weight_shape, groups, c.out_shape)
+    kernel, stride = window(weight_shape[2:], attr_ints(c.node, "strides"))
+    return kind, macs, c.params, _has_bias(c.node), (kernel, stride, groups)
+
+
+def _pool(w: _Walker, c: _Call):
+    kernel, stride = window(attr_ints(c.node, "kernel_shape"), attr_ints(c.node, "strides"))
+    return "pool", 0, c.params, True, (kernel, stride, 1)
+
+
+def _global_pool(w: _Walker, c: _Call):
+    """A global pooling is one window over the whole plane."""
+    sides = c.in_shapes[0][1:] or (1,)
+    kernel, stride = window(*zip(*(adaptive_pool_window(side, 1) for side in sides)))
+    return "pool", 0, c.params, True, (kernel, stride, 1)
 
 
 def _gemm(w: _Walker, c: _Call):
@@ -420,7 +515,9 @@ _HANDLERS = {  # op type -> handler; ConvTranspose: its weights are counted, its
     **dict.fromkeys(_DATA_OPS | {"ConvTranspose"}, _plain("other")),
     **dict.fromkeys(_ACT_OPS, _plain("act")),
     **dict.fromkeys(_RESHAPE_OPS, _plain("reshape")),
-    **dict.fromkeys(_POOL_OPS, _plain("pool")),
+    **dict.fromkeys(_POOL_OPS, _pool),
+    **dict.fromkeys(_GLOBAL_POOL_OPS, _global_pool),
+    **dict.fromkeys(_COPY_OPS, _plain("concat")),
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm, "Add": _add, "Sub": _add,
     "Mul": _plain("mul"), "Div": _plain("mul"), "GlobalAveragePool": _plain("gap"), "ReduceMean": _reduce_mean,
     "Concat": _plain("concat"), "Gather": _gather,

@@ -67,6 +67,61 @@ def attr_graph(node, name: str):
     raise EdgenasError(f"If node {node.name} has no {name}", "write a valid ONNX If node")
 
 
+def attr_ints(node, name: str) -> list[int] | None:
+    for a in node.attribute:
+        if a.name == name:
+            return [int(v) for v in a.ints]
+    return None
+
+
+def static_shapes(graph) -> dict:
+    """name -> shape (batch kept; None when not static) of every value a (sub)graph and its subgraphs describe."""
+    shapes = {}
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        shapes[vi.name] = value_shape(vi)
+    for node in graph.node:
+        for sub in subgraphs(node):
+            shapes.update(static_shapes(sub))
+    return shapes
+
+
+def missing_shapes(graph, shapes: dict) -> list[str]:
+    """Node outputs of a (sub)graph and its subgraphs without a static shape."""
+    out = []
+    for node in graph.node:
+        out.extend(o for o in node.output if o and shapes.get(o) is None)
+        for sub in subgraphs(node):
+            out.extend(missing_shapes(sub, shapes))
+    return out
+
+
+def folded_shapes(model) -> dict:
+    """Static shapes of the values of `model` after onnxruntime's constant folding (its basic graph optimisations:
+    Shape -> Gather -> arithmetic -> Slice/Reshape chains become constants, as when the runtime loads the model).
+    ONNX shape inference alone leaves such outputs without a shape (ShuffleNetV2's channel split: Slice ends computed
+    from Shape, Div and Mul). onnxruntime keeps the names of the tensors it does not fold. {} when onnxruntime cannot
+    load the model."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import shape_inference
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # portable: no layout changes
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1  # only the optimiser runs
+    with tempfile.TemporaryDirectory() as folder:
+        options.optimized_model_filepath = os.path.join(folder, "folded.onnx")
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            folded = shape_inference.infer_shapes(onnx.load(options.optimized_model_filepath), strict_mode=False)
+        except Exception:  # onnxruntime and onnx raise many types; the caller reports the shapes still missing
+            return {}
+    return static_shapes(folded.graph)
+
+
 def attr_int(node, name: str, default: int) -> int:
     for a in node.attribute:
         if a.name == name:

@@ -15,8 +15,8 @@ import operator
 from dataclasses import dataclass, field
 
 from edgenas.cost.graph import CostGraph, numel, validate
-from edgenas.cost.layer_rules import (PendingLayer, adaptive_pool_kind, conv_rule, fold_batchnorm, linear_macs,
-                                      mean_kind, unfolded_batchnorm_params)
+from edgenas.cost.layer_rules import (PendingLayer, adaptive_pool_kind, adaptive_pool_window, conv_rule, fold_batchnorm,
+                                      linear_macs, mean_kind, unfolded_batchnorm_params, window)
 from edgenas.errors import EdgenasError
 
 _SUPPORTED = ("Conv1d/2d, Linear, BatchNorm, ReLU/ReLU6/Hardswish/Hardsigmoid/Sigmoid/SiLU/GELU/Tanh/Softmax, "
@@ -174,9 +174,13 @@ class _Call:
     in_shapes: tuple[tuple[int, ...], ...]
     out_shape: tuple[int, ...]
 
-    def layer(self, kind: str, macs: int = 0, params: int = 0, has_bias: bool = True) -> str:
+    def layer(self, kind: str, macs: int = 0, params: int = 0, has_bias: bool = True,
+              shape_fields: tuple[int, int, int] = (1, 1, 1)) -> str:
+        """Add a layer; shape_fields: (kernel, stride, groups) of conv and pooling layers."""
+        kernel, stride, groups = shape_fields
         return self.builder.add(PendingLayer(self.name, kind, self.in_names, self.name, self.in_shapes,
-                                             self.out_shape, int(macs), int(params), self.part, self.index, has_bias))
+                                             self.out_shape, int(macs), int(params), self.part, self.index, has_bias,
+                                             kernel, stride, groups))
 
     def weight_params(self) -> int:
         return _weight_params(self.node, self.weights)
@@ -218,7 +222,8 @@ def _node(builder: _Builder, gm, node, env, weights, part: str, index: int, name
 # tensor the node's output is (a new layer, or the input it aliases).
 def _conv_module(call: _Call, mod) -> str:
     kind, macs = conv_rule(mod.weight.shape, mod.groups, call.out_shape)
-    return call.layer(kind, macs, mod.weight.numel() + _bias(mod), mod.bias is not None)
+    return call.layer(kind, macs, mod.weight.numel() + _bias(mod), mod.bias is not None,
+                      (*window(mod.kernel_size, mod.stride), mod.groups))
 
 
 def _linear_module(call: _Call, mod) -> str:
@@ -229,8 +234,10 @@ def _linear_module(call: _Call, mod) -> str:
 def _conv_function(call: _Call) -> str:
     node = call.node
     w_shape, bias = _shape(node.args[1], batch=False), _arg(node, 2, "bias", None)
-    kind, macs = conv_rule(w_shape, int(_arg(node, 6, "groups", 1)), call.out_shape)
-    return call.layer(kind, macs, numel(w_shape) + _tensor_numel(bias), bias is not None)
+    groups = int(_arg(node, 6, "groups", 1))
+    kind, macs = conv_rule(w_shape, groups, call.out_shape)
+    return call.layer(kind, macs, numel(w_shape) + _tensor_numel(bias), bias is not None,
+                      (*window(w_shape[2:], _arg(node, 3, "stride", 1)), groups))
 
 
 def _linear_function(call: _Call) -> str:
@@ -255,6 +262,26 @@ def _mean(call: _Call) -> str:
     return call.layer(mean_kind(dims, len(call.in_shapes[0]) + 1))
 
 
+def _pool_module(call: _Call, mod) -> str:
+    """Max/average pooling; a module's stride defaults to its kernel size."""
+    return call.layer("pool", shape_fields=(*window(mod.kernel_size, mod.stride or mod.kernel_size), 1))
+
+
+def _pool_function(call: _Call) -> str:
+    kernel = _arg(call.node, 1, "kernel_size", 1)
+    return call.layer("pool", shape_fields=(*window(kernel, _arg(call.node, 2, "stride", None) or kernel), 1))
+
+
+def _adaptive_pool(call: _Call, output_size, average: bool) -> str:
+    """Adaptive pooling: global average pooling ("gap") to 1 x 1, else a pooling window as exporters compute it."""
+    if average and adaptive_pool_kind(output_size) == "gap":
+        return call.layer("gap")
+    sides = call.in_shapes[0][1:]
+    outs = output_size if isinstance(output_size, (list, tuple)) else (output_size,) * len(sides)
+    windows = [adaptive_pool_window(i, i if o is None else o) for i, o in zip(sides, outs)] or [(1, 1)]
+    return call.layer("pool", shape_fields=(*window(*zip(*windows)), 1))
+
+
 def _alias(call: _Call, mod=None) -> str:
     return call.in_names[0]
 
@@ -275,11 +302,12 @@ def _module_handlers() -> dict:
 
     table = {nn.Conv1d: _conv_module, nn.Conv2d: _conv_module, nn.Linear: _linear_module,
              nn.BatchNorm1d: lambda call, mod: _batchnorm(call, mod.num_features),
-             nn.AdaptiveAvgPool2d: lambda call, mod: call.layer(adaptive_pool_kind(mod.output_size))}
+             nn.AdaptiveAvgPool2d: lambda call, mod: _adaptive_pool(call, mod.output_size, average=True),
+             nn.AdaptiveMaxPool2d: lambda call, mod: _adaptive_pool(call, mod.output_size, average=False)}
     table.update(dict.fromkeys((nn.Identity, nn.Dropout, nn.Dropout2d), _alias))
     table.update(dict.fromkeys((nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Tanh,
                                 nn.LeakyReLU, nn.Hardtanh, nn.Softmax), _plain("act")))
-    table.update(dict.fromkeys((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d), _plain("pool")))
+    table.update(dict.fromkeys((nn.MaxPool2d, nn.AvgPool2d), _pool_module))
     table.update(dict.fromkeys((nn.Flatten, nn.Unflatten), _plain("reshape")))
     table[nn.BatchNorm2d] = table[nn.BatchNorm1d]
     return table
@@ -299,14 +327,15 @@ def _function_handlers() -> dict:
           F.softmax, torch.relu, torch.sigmoid, torch.tanh, torch.softmax, torch.clamp, torch.clip, torch.exp),
          _with_weights("act")),
         ((torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze), _plain("reshape")),
-        ((F.adaptive_avg_pool2d,), lambda call: call.layer(adaptive_pool_kind(_arg(call.node, 1, "output_size",
-                                                                                       None)))),
-        ((F.max_pool2d, F.avg_pool2d, F.adaptive_max_pool2d), _plain("pool")),
+        ((F.adaptive_avg_pool2d,), lambda call: _adaptive_pool(call, _arg(call.node, 1, "output_size", 1), True)),
+        ((F.adaptive_max_pool2d,), lambda call: _adaptive_pool(call, _arg(call.node, 1, "output_size", 1), False)),
+        ((F.max_pool2d, F.avg_pool2d), _pool_function),
         ((torch.mean,), _mean),
         ((operator.add, operator.iadd, torch.add, operator.sub, torch.sub), _with_weights("add")),
         ((operator.mul, operator.imul, torch.mul, operator.truediv, torch.div), _with_weights("mul")),
         ((torch.cat, torch.concat), _plain("concat")),
-        ((operator.getitem,), _plain("other")),  # a strided slice of an activation: costed as a copy
+        # a slice of an activation: a copy into a buffer of its own, costed like the ONNX front end's Slice
+        ((operator.getitem,), _plain("concat")),
     ]
     table: dict = {}
     for functions, handler in groups:

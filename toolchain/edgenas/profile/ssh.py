@@ -2,10 +2,11 @@
 
     profile = profile_ssh("build/", load_target("rpi4"), "pi@raspberrypi.local")
 
-The build folder's library, ONNX model and reference, plus `runner.py` and the `agreement.py` it imports, are
-copied into a fresh temporary folder on the board (scp), the runner is started there with the board's Python (ssh),
-and its JSON is copied back; the remote folder is removed afterwards. The board needs numpy, onnxruntime and apache-tvm (aarch64
-wheels exist on PyPI); an engine that is missing there is reported as an error.
+The build folder's library, ONNX model and reference, plus `runner.py` and the `agreement.py` and `timing.py` it
+imports, are copied into a fresh temporary folder on the board (scp), the runner is started there with the board's
+Python (ssh), and its JSON is copied back; the remote folder is removed afterwards. The board needs numpy, onnxruntime
+and apache-tvm (aarch64 wheels exist on PyPI); an engine that is missing there is reported as an error (`runtime`
+"ort" or "tvm" measures, and needs, only that one).
 
 Every command is an argument list (no local shell). ssh hands the remote command to the remote user's shell, so each
 remote argument is quoted with shlex.quote. The transport is a small class: `SshTransport` for a board,
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Sequence
 
 from edgenas.errors import EdgenasError
-from edgenas.profile.tvm_build import DEFAULT_REPEATS, check_artefact, check_profile, validate_threads
+from edgenas.profile.tvm_build import (DEFAULT_CI, DEFAULT_MAX_SECONDS, DEFAULT_REPEATS, check_artefact, check_profile,
+                                      validate_threads, validate_timing)
 from edgenas.targets import as_target
 
 RUNNER = Path(__file__).with_name("runner.py")
-AGREEMENT = Path(__file__).parent.parent / "agreement.py"  # the runner's one edgenas import
+AGREEMENT = Path(__file__).parent.parent / "agreement.py"  # the runner's two edgenas imports
+TIMING = Path(__file__).with_name("timing.py")
 SHIPPED = ("model.so", "model.onnx", "reference.json", "build.json")
 
 
@@ -149,18 +152,19 @@ def parse_device(device: str) -> SshTransport:
 
 def profile_ssh(artefact, target, device: str | SshTransport | LocalTransport,
                 threads: Sequence[int | str] = (1, "max"), repeats: int = DEFAULT_REPEATS,
-                python: str | None = None, timeout_s: float = 1800.0, check: bool = True) -> dict:
+                python: str | None = None, timeout_s: float = 1800.0, check: bool = True, rel_ci: float = DEFAULT_CI,
+                max_seconds: float | None = DEFAULT_MAX_SECONDS, runtime: str = "both") -> dict:
     """Copy the build folder and runner.py to the device, run them there, return the device's profile JSON.
 
     `device`: "ssh:USER@HOST[:PORT]" or a transport object. `threads`: "max" is the device's CPU count.
+    `repeats`, `rel_ci`, `max_seconds`, `runtime`: as for `profile_host` (the timing protocol runs on the device).
     """
     import json
 
     target = as_target(target)
     check_artefact(artefact, target)
     transport = parse_device(device) if isinstance(device, str) else device
-    if repeats < 1:
-        raise EdgenasError(f"repeats must be >= 1, got {repeats}", "pass e.g. --repeats 20")
+    engines = validate_timing(repeats, rel_ci, max_seconds, runtime)
     spec = ",".join(str(t) for t in validate_threads(threads))
     remote = transport.make_dir()
     try:
@@ -172,9 +176,12 @@ def profile_ssh(artefact, target, device: str | SshTransport | LocalTransport,
             transport.put(ship, remote)
             transport.put(RUNNER, remote)
             transport.put(AGREEMENT, remote)
+            transport.put(TIMING, remote)
             out_remote = f"{remote}/profile.json"
             run = transport.run([python or transport.python, f"{remote}/runner.py", f"{remote}/artefact",
-                                 "--threads", spec, "--repeats", str(repeats), "--out", out_remote], timeout_s)
+                                 "--threads", spec, "--repeats", str(repeats), "--ci", repr(float(rel_ci)),
+                                 "--max-seconds", repr(float(max_seconds or 0)), "--engines", ",".join(engines),
+                                 "--out", out_remote], timeout_s)
             if run.returncode != 0:
                 raise EdgenasError(f"the profiling runner failed on {transport.name}: {_tail(run)}",
                                    "the board needs python3 with numpy, onnxruntime and apache-tvm")

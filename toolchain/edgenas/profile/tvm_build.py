@@ -11,7 +11,10 @@ import numpy as np
 from edgenas.agreement import LOGIT_TOLERANCE
 from edgenas.errors import EdgenasError
 
-DEFAULT_REPEATS = 20
+DEFAULT_REPEATS = 20      # the fewest timed rounds per input
+DEFAULT_CI = 0.02         # stop timing when every input's median is known to +-2 % (95 % interval)
+DEFAULT_MAX_SECONDS = 60.0  # time budget of all timed rounds of one profile
+RUNTIMES = {"ort": ("onnxruntime",), "tvm": ("tvm",), "both": ("onnxruntime", "tvm")}
 
 BUILD_KEYS = {"target": str, "library": str, "library_arch": str, "onnx_model": str, "input_shape": list,
               "n_classes": int, "n_test_inputs": int, "sha256": dict}
@@ -61,6 +64,19 @@ def check_profile(doc: dict) -> dict:
                                f"max |logit difference| {c['max_abs_diff']:.2e}",
                                "rebuild the artefact; report this model")
     return doc
+
+
+def validate_timing(repeats: int, rel_ci: float, max_seconds: float | None, runtime: str) -> tuple[str, ...]:
+    """Check the timing settings of a host / ssh profile; the engines `runtime` names."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise EdgenasError(f"repeats must be an integer >= 1, got {repeats!r}", "pass e.g. --repeats 20")
+    if not (isinstance(rel_ci, (int, float)) and 0 < rel_ci < 1):
+        raise EdgenasError(f"the CI target must be a fraction in (0, 1), got {rel_ci!r}", "pass e.g. --ci 0.02 (+-2 %)")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise EdgenasError(f"max_seconds must be > 0, got {max_seconds!r}", "pass e.g. --max-seconds 60")
+    if runtime not in RUNTIMES:
+        raise EdgenasError(f"unknown runtime '{runtime}'", f"use one of {', '.join(RUNTIMES)}")
+    return RUNTIMES[runtime]
 
 
 def validate_threads(threads: Sequence[int | str]) -> list[int | str]:

@@ -227,6 +227,10 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
         "latency_worst_s": latency_per_exit[-1],
         "latency_expected_s": float(np.dot(val_rates, latency_per_exit)),
         "latency_expected_test_s": float(np.dot(test_rates_kept, latency_per_exit)),
+        # the target latency model's 90 % prediction interval around the expected latency (None: it has none)
+        "latency_expected_interval_s": None if report.latency_interval is None else
+        [float(v) for v in cost.latency_interval(float(np.dot(val_rates, latency_per_exit)),
+                                                 report.latency_interval)],
     }
 
 

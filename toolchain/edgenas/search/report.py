@@ -24,20 +24,33 @@ def inherited(record: dict) -> dict:
     return {**record, **record.get("inherited", {})}
 
 
-def member_rows(members: list[dict]) -> list[list[str]]:
+def latency_cell(record: dict, latency_budget_s: float | None = None) -> str:
+    """e.g. "1.23 [1.10, 1.40] near budget": expected latency in ms with the target model's 90 % prediction interval
+    when it has one, marked when the budget lies inside the interval (the fits/does-not-fit verdict may be wrong)."""
+    text = f"{record['latency_expected_s'] * 1e3:.2f}"
+    interval = record.get("latency_expected_interval_s")  # absent in runs that predate intervals; None: no interval
+    if not interval:
+        return text
+    text += f" [{interval[0] * 1e3:.2f}, {interval[1] * 1e3:.2f}]"
+    if latency_budget_s is not None and interval[0] <= latency_budget_s <= interval[1]:
+        text += " near budget"
+    return text
+
+
+def member_rows(members: list[dict], latency_budget_s: float | None = None) -> list[list[str]]:
     rows = []
     for r in members:
         rows.append([str(r["id"]), accuracy_cell(r, "test"), accuracy_cell(r, "val"),
                      f"{inherited(r)['test_accuracy'] * 100:.1f}" if "inherited" in r else "-",
                      str(r["n_exits"]), " / ".join(f"{v * 100:.0f}" for v in r["test_exit_rates"]),
                      f"{r['macs_expected'] / 1e6:.3f}", f"{r['macs_worst'] / 1e6:.3f}",
-                     f"{r['latency_expected_s'] * 1e3:.2f}", f"{r['latency_worst_s'] * 1e3:.2f}",
+                     latency_cell(r, latency_budget_s), f"{r['latency_worst_s'] * 1e3:.2f}",
                      _kib(r["peak_sram_bytes"]), _kib(r["flash_bytes"]), r["description"]])
     return rows
 
 
 HEADER = ["id", "test acc % [95% CI]", "val acc % [95% CI]", "inherited test acc %", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
-          "E[lat] ms", "worst lat ms", "SRAM KiB", "flash KiB", "architecture"]
+          "E[lat] ms [90% PI]", "worst lat ms", "SRAM KiB", "flash KiB", "architecture"]
 
 
 def write_report(path: Path, cfg, target, budgets, records: list[dict], members: list[dict], hv: float) -> None:
@@ -52,6 +65,7 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
              f"- evaluated candidates: {len(records)} ({sum(r['feasible'] for r in records)} within budgets)",
              f"- Pareto members: {len(members)}; hypervolume (error x latency/budget): {hv:.4f}",
              "- latency is the target cost model's prediction (see the target's provenance), not a measurement;",
+             latency_model_note(target),
              "  expected values use validation exit rates and count every head evaluated before the exit taken;",
              "  accuracy is on the held-out test split, never used for selection; brackets are 95 % Clopper-Pearson",
              "  intervals: members whose intervals overlap are not told apart by this test split"
@@ -61,9 +75,29 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
              best_note(members),
              "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in member_rows(members)]
+    lines += ["| " + " | ".join(row) + " |" for row in member_rows(members, budgets.latency_s)]
     lines += ood_table(members)
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def latency_model_note(target) -> str:
+    """What the report says of the latency model: its family and calibration, or that it is not calibrated."""
+    from edgenas.targets import engine_mismatch
+
+    model = target.latency
+    selection = model.selection or {}
+    warning = engine_mismatch(target)
+    warning = f" WARNING: {warning};" if warning else ""
+    if model.interval is None:
+        return ("  the latency model has no prediction interval (not calibrated by `edgenas calibrate`): treat a "
+                f"member near the latency budget with care;{warning}")
+    cv = selection.get("cv", {}).get(model.family, {})
+    base = selection.get("macs_only", {})
+    figures = (f", held-out Kendall tau {cv['kendall_tau']:.3f} vs MACs-only {base['kendall_tau']:.3f}"
+               if "kendall_tau" in cv and "kendall_tau" in base else "")
+    return (f"  latency model: {model.family}{figures}; brackets after E[lat] are its 90 % prediction interval "
+            f"({100 * (model.interval[0] - 1):+.0f} % .. {100 * (model.interval[1] - 1):+.0f} %), 'near budget' "
+            f"where the budget lies inside it;{warning}")
 
 
 def best_or_refusal(members: list[dict]) -> tuple[dict | None, str]:

@@ -12,13 +12,54 @@ OPERATOR_KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act"
 # Finer kinds the latency model may cost separately (edgenas.cost.analysis.latency_kinds), each with the kind whose
 # coefficients it falls back to: pointwise vs k x k convs, convs whose input has fewer channels than the model's
 # `channel_block` (the stem; on onnxruntime's NCHWc path they read plain NCHW input), depthwise convs by kernel size
-# (<= 3, <= 5, larger), and activations / residual adds fused into the conv kernel before them.
-KIND_FALLBACK = {"conv1x1": "conv", "conv_narrow": "conv", "dwconv3": "dwconv", "dwconv5": "dwconv",
-                 "dwconv7": "dwconv", "act_fused": "act", "add_fused": "add"}
+# (<= 3, <= 5, larger), grouped convs, activations / residual adds fused into the kernel before them (or, for a
+# sigmoid gating its own input, SiLU, into the product after it), and single-input copies (transpose, slice, split).
+KIND_FALLBACK = {"conv1x1": "conv", "conv_narrow": "conv", "gconv": "conv", "dwconv3": "dwconv", "dwconv5": "dwconv",
+                 "dwconv7": "dwconv", "act_fused": "act", "add_fused": "add", "copy": "concat"}
 LATENCY_KINDS = (*OPERATOR_KINDS, *KIND_FALLBACK)
+
+# The layer features a latency model is linear in (edgenas.cost.analysis.layer_features computes them), each with
+# the KindCost coefficient (cycles per unit) that multiplies it. LINEAR_FEATURES are what every per-kind model uses;
+# SHAPE_FEATURES are the shape interactions of the "per-kind-shape" family: costs per output channel and per output
+# row (loop and packing overheads), and extra costs per MAC of convs whose reduction is thin (fewer than
+# THIN_REDUCTION input channels per group: depthwise, grouped, the stem), of strided convs, and of layers whose
+# output plane is small (at most SMALL_PLANE pixels: vector lanes run empty).
+LINEAR_FEATURES = (("calls", "fixed_cycles"), ("macs", "cycles_per_mac"), ("input_bytes", "cycles_per_input_byte"),
+                   ("output_bytes", "cycles_per_output_byte"), ("weight_bytes", "cycles_per_weight_byte"))
+SHAPE_FEATURES = (("out_channels", "cycles_per_out_channel"), ("out_rows", "cycles_per_out_row"),
+                  ("thin_macs", "cycles_per_thin_mac"), ("strided_macs", "cycles_per_strided_mac"),
+                  ("small_plane_macs", "cycles_per_small_plane_mac"))
+THIN_REDUCTION = 8
+SMALL_PLANE = 16
+# How a latency model predicts (edgenas calibrate picks one by cross-validation): a + b * MACs for the whole network;
+# per latency kind, linear in LINEAR_FEATURES; the same plus SHAPE_FEATURES; and the last with a learned correction
+# per layer (gradient-boosted regression trees over the layer's shape, TreeCorrection).
+LATENCY_FAMILIES = ("macs-only", "per-kind", "per-kind-shape", "boosted-trees")
+# Engines a latency model can be calibrated for (`edgenas profile --runtime`, `calibrate --runtime`)
+LATENCY_RUNTIMES = ("ort", "tvm")
+
+
+def deploy_engine(runtime: str) -> str:
+    """The LATENCY_RUNTIMES engine a target's `runtime` deploys with ("" for one edgenas does not run itself)."""
+    return "tvm" if runtime.startswith("tvm") else "ort" if runtime.startswith(("onnxruntime", "ort")) else ""
+
+
+def engine_mismatch(target) -> str:
+    """A one-line warning when the target's latency model was calibrated for another engine than it deploys with
+    ("" when they agree or either is unknown)."""
+    deployed, measured = deploy_engine(target.runtime), target.latency.runtime
+    if deployed and measured and deployed != measured:
+        return (f"the latency model of '{target.name}' was calibrated on {measured}, but the target deploys with "
+                f"{target.runtime}: predictions rank networks for {measured}")
+    return ""
+# What a tree of a TreeCorrection splits on, per layer: the index of its latency kind in TreeCorrection.kinds, log2
+# of its MACs and byte counts (+1), and its shape
+TREE_DESCRIPTORS = ("kind", "log2_macs", "c_in", "c_out", "h_out", "w_out", "kernel", "stride", "groups",
+                    "log2_input_bytes", "log2_output_bytes", "log2_weight_bytes")
 
 # KindCost fields a file may leave out (0), and the Provenance fields, as written in target files
 SPLIT_BYTE_KEYS = ("cycles_per_input_byte", "cycles_per_output_byte", "cycles_per_weight_byte")
+OPTIONAL_COEFFICIENTS = (*SPLIT_BYTE_KEYS, *(key for _, key in SHAPE_FEATURES))
 PROVENANCE_FIELDS = ("source", "measured_on", "runtime", "date", "notes")
 
 
@@ -39,6 +80,47 @@ class KindCost:
     cycles_per_input_byte: float = 0.0
     cycles_per_output_byte: float = 0.0
     cycles_per_weight_byte: float = 0.0
+    cycles_per_out_channel: float = 0.0      # SHAPE_FEATURES (family per-kind-shape)
+    cycles_per_out_row: float = 0.0
+    cycles_per_thin_mac: float = 0.0
+    cycles_per_strided_mac: float = 0.0
+    cycles_per_small_plane_mac: float = 0.0
+
+    def coefficients(self) -> tuple[float, ...]:
+        """Cycles per unit of each of LINEAR_FEATURES + SHAPE_FEATURES (the shared cycles_per_byte folded into the
+        three byte coefficients)."""
+        shared = self.cycles_per_byte
+        linear = [getattr(self, key) + (shared if key in SPLIT_BYTE_KEYS else 0.0) for _, key in LINEAR_FEATURES]
+        return (*linear, *(getattr(self, key) for _, key in SHAPE_FEATURES))
+
+
+@dataclass(frozen=True)
+class RegressionTree:
+    """One binary regression tree as arrays (node i: split on descriptor `feature[i]` at `threshold[i]`, going to
+    `left[i]` when the value is <= the threshold, else `right[i]`; a leaf has left[i] == -1 and gives value[i]
+    cycles). Data, not code: evaluated by edgenas.cost.analysis, never unpickled."""
+    feature: tuple[int, ...]
+    threshold: tuple[float, ...]
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+    value: tuple[float, ...]
+
+    def evaluate(self, descriptor) -> float:
+        node = 0
+        while self.left[node] != -1:
+            node = self.left[node] if descriptor[self.feature[node]] <= self.threshold[node] else self.right[node]
+        return self.value[node]
+
+
+@dataclass(frozen=True)
+class TreeCorrection:
+    """The learned part of the "boosted-trees" family: cycles added to each layer's per-kind-shape cost, the sum of
+    the trees evaluated on the layer's TREE_DESCRIPTORS (kind as its index in `kinds`, -1 for a kind not seen)."""
+    kinds: tuple[str, ...]
+    trees: tuple[RegressionTree, ...]
+
+    def cycles(self, descriptor) -> float:
+        return sum(tree.evaluate(descriptor) for tree in self.trees)
 
 
 @dataclass(frozen=True)
@@ -48,10 +130,18 @@ class LatencyModel:
     per_exit_cycles: float         # evaluating one exit decision (sigmoid, survival product, compare)
     dtype: str                     # "float32" or "int8": the arithmetic the coefficients were measured for
     channel_block: int = 1         # the runtime pads channels to a multiple of this (onnxruntime NCHWc: 8 or 16)
+    family: str = "per-kind"       # LATENCY_FAMILIES: how layer costs are computed
+    runtime: str = ""              # LATENCY_RUNTIMES: the engine the coefficients were measured on ("" unknown)
+    trees: TreeCorrection | None = None            # family "boosted-trees" only
+    interval: tuple[float, float] | None = None    # 90 % prediction interval as ratios of the prediction
+    selection: Mapping[str, Any] | None = None     # how `calibrate` chose the family (CV figures per family)
+    folds_zero_ops: bool = False   # the runtime folds constant operands away: Layer.folded layers cost nothing
 
     def for_kind(self, kind: str) -> KindCost:
         """The one place coefficients are looked up: the kind's own entry, else the kind it refines
-        (KIND_FALLBACK, e.g. conv1x1 -> conv), else "default"."""
+        (KIND_FALLBACK, e.g. conv1x1 -> conv), else "default". A macs-only model has only its default."""
+        if self.family == "macs-only":
+            return self.kinds["default"]
         while kind is not None:
             if kind in self.kinds:
                 return self.kinds[kind]

@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
-from edgenas.targets.model import (LATENCY_DTYPES, LATENCY_KINDS, PROVENANCE_FIELDS, SPLIT_BYTE_KEYS, TARGET_KINDS,
-                                   Budgets, KindCost, LatencyModel, Provenance, Target)
+from edgenas.targets.model import (LATENCY_DTYPES, LATENCY_FAMILIES, LATENCY_KINDS, LATENCY_RUNTIMES,
+                                   OPTIONAL_COEFFICIENTS, PROVENANCE_FIELDS, TARGET_KINDS, TREE_DESCRIPTORS, Budgets,
+                                   KindCost, LatencyModel, Provenance, RegressionTree, Target, TreeCorrection)
 from edgenas.targets.units import (MAX_NUMBER, check_target_name, clip, parse_accuracy, parse_duration, parse_macs,
                                    parse_size)
 
@@ -167,19 +168,111 @@ def _latency(lat: _Reader) -> LatencyModel:
         kinds[kind] = KindCost(fixed_cycles=c.number("fixed_cycles", required=True, example="200"),
                                cycles_per_mac=c.number("cycles_per_mac", required=True, example="4.0"),
                                cycles_per_byte=c.number("cycles_per_byte", required=True, example="0.5"),
-                               **{k: c.number(k, default=0.0, example="0.1") for k in SPLIT_BYTE_KEYS})
+                               **{k: c.number(k, default=0.0, example="0.1") for k in OPTIONAL_COEFFICIENTS})
         c.done()
     kinds_r.done()
     if "default" not in kinds:
         raise EdgenasError(f"{lat.where}: missing required key '{kinds_r.key('default')}'",
                            "add a [latency.kinds.default] table: it costs every kind without its own entry")
+    family = lat.string("family", default="per-kind", choices=LATENCY_FAMILIES)
+    trees = _trees(lat) if lat.has("trees") else None
+    if family == "boosted-trees" and trees is None:
+        raise EdgenasError(f"{lat.where}: latency family 'boosted-trees' needs a [latency.trees] table",
+                           "write the file with `edgenas calibrate`, or choose family = \"per-kind-shape\"")
+    if family != "boosted-trees":
+        # an override of a boosted-trees target (tables merge key by key) may inherit trees it does not use
+        trees = None
     model = LatencyModel(kinds=kinds,
                          per_inference_cycles=lat.number("per_inference_cycles", required=True, example="2000"),
                          per_exit_cycles=lat.number("per_exit_cycles", required=True, example="300"),
                          dtype=lat.string("dtype", required=True, choices=LATENCY_DTYPES),
-                         channel_block=_channel_block(lat))
+                         channel_block=_channel_block(lat), family=family,
+                         runtime=lat.string("runtime", default="", choices=LATENCY_RUNTIMES), trees=trees,
+                         interval=_interval(lat), selection=_selection(lat),
+                         folds_zero_ops=_flag(lat, "folds_zero_ops"))
     lat.done()
     return model
+
+
+def _flag(r: _Reader, key: str) -> bool:
+    v = r.raw(key, False, f"{key} = true")
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise r.fail(key, f"must be true or false, got {_show(v)}", f"e.g. {key} = true")
+    return v
+
+
+def _interval(lat: _Reader) -> tuple[float, float] | None:
+    v = lat.raw("interval", False, "[0.9, 1.1]")
+    if v is None:
+        return None
+    ok = isinstance(v, list) and len(v) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v)
+    if not ok or v[0] > 1.0 or v[1] < 1.0:
+        raise lat.fail("interval", f"must be [low, high] ratios around 1 (low <= 1 <= high), got {_show(v)}",
+                       "e.g. interval = [0.92, 1.09] (a 90 % prediction interval), or remove it")
+    return float(v[0]), float(v[1])
+
+
+def _selection(lat: _Reader) -> dict | None:
+    """The record of `calibrate`'s model choice: strings and numbers, nested tables of them (shown, not used)."""
+    v = lat.raw("selection", False, "[latency.selection]")
+    if v is None:
+        return None
+
+    def check(value, key):
+        if isinstance(value, dict):
+            return {k: check(x, f"{key}.{k}") for k, x in value.items()}
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            raise EdgenasError(f"{lat.where}: key '{key}' must be a string or a finite number, got {_show(value)}",
+                               "write the file with `edgenas calibrate`, or remove [latency.selection]")
+        return value
+    if not isinstance(v, dict):
+        raise lat.fail("selection", f"must be a table, got {_show(v)}", "write it as [latency.selection]")
+    return check(v, lat.key("selection"))
+
+
+def _trees(lat: _Reader) -> TreeCorrection:
+    t = lat.table_of("trees")
+    kinds = t.raw("kinds", True, 'kinds = ["conv", "dwconv3"]')
+    if not isinstance(kinds, list) or not all(isinstance(k, str) and k in (*LATENCY_KINDS, "default") for k in kinds):
+        raise t.fail("kinds", f"must be a list of latency kinds, got {_show(kinds)}",
+                     f"use kinds from {', '.join(LATENCY_KINDS)}")
+    raw_trees = t.raw("tree", True, "[[latency.trees.tree]]")
+    if not isinstance(raw_trees, list) or not all(isinstance(e, dict) for e in raw_trees):
+        raise t.fail("tree", "must be a list of tables", "write each tree as [[latency.trees.tree]]")
+    trees = []
+    for i, raw in enumerate(raw_trees):
+        r = _Reader(raw, t.where, f"{t.key('tree')}[{i}].")
+        arrays = {}
+        for key in ("feature", "threshold", "left", "right", "value"):
+            v = r.raw(key, True, f"{key} = [...]")
+            ints = key in ("feature", "left", "right")
+            good = isinstance(v, list) and v and all(
+                (isinstance(x, int) if ints else isinstance(x, (int, float)) and math.isfinite(x))
+                and not isinstance(x, bool) for x in v)
+            if not good:
+                raise r.fail(key, f"must be a non-empty list of {'integers' if ints else 'finite numbers'}",
+                             "write the file with `edgenas calibrate`")
+            arrays[key] = tuple(int(x) if ints else float(x) for x in v)
+        r.done()
+        n = len(arrays["feature"])
+        if any(len(a) != n for a in arrays.values()):
+            raise r.fail("feature", "feature, threshold, left, right and value must have the same length",
+                         "write the file with `edgenas calibrate`")
+        # every split names a descriptor and points forward to a node of this tree: evaluation ends at a leaf
+        for node in range(n):
+            left, right = arrays["left"][node], arrays["right"][node]
+            if left == -1:
+                continue
+            if not (0 <= arrays["feature"][node] < len(TREE_DESCRIPTORS) and node < left < n and node < right < n):
+                raise r.fail("left", f"node {node} does not point forward to nodes of this tree",
+                             "write the file with `edgenas calibrate`")
+        trees.append(RegressionTree(**arrays))
+    t.done()
+    return TreeCorrection(kinds=tuple(kinds), trees=tuple(trees))
 
 
 def _channel_block(lat: _Reader) -> int:

@@ -4,7 +4,9 @@ Files are written by tomli-w, which escapes every string (a name or note holding
 value); only the first comment line is ours, and it holds nothing but a validated target name."""
 from __future__ import annotations
 
-from edgenas.targets.model import PROVENANCE_FIELDS, SPLIT_BYTE_KEYS, LatencyModel, Target
+import math
+
+from edgenas.targets.model import OPTIONAL_COEFFICIENTS, PROVENANCE_FIELDS, LatencyModel, Target
 from edgenas.targets.units import check_target_name
 
 
@@ -18,14 +20,36 @@ def latency_to_dict(model: LatencyModel) -> dict:
              "per_exit_cycles": model.per_exit_cycles}
     if model.channel_block != 1:
         table["channel_block"] = model.channel_block
+    if model.family != "per-kind":
+        table["family"] = model.family
+    if model.runtime:
+        table["runtime"] = model.runtime
+    if model.folds_zero_ops:
+        table["folds_zero_ops"] = True
+    if model.interval is not None:
+        table["interval"] = list(model.interval)
     kinds = {}
     for kind, c in model.kinds.items():
         entry = {"fixed_cycles": c.fixed_cycles, "cycles_per_mac": c.cycles_per_mac,
                  "cycles_per_byte": c.cycles_per_byte}
-        entry.update({k: getattr(c, k) for k in SPLIT_BYTE_KEYS if getattr(c, k)})
+        entry.update({k: getattr(c, k) for k in OPTIONAL_COEFFICIENTS if getattr(c, k)})
         kinds[kind] = entry
     table["kinds"] = kinds
+    if model.trees is not None:
+        table["trees"] = {"kinds": list(model.trees.kinds),
+                          "tree": [{"feature": list(t.feature), "threshold": list(t.threshold), "left": list(t.left),
+                                    "right": list(t.right), "value": list(t.value)} for t in model.trees.trees]}
+    if model.selection is not None:
+        table["selection"] = _finite_only(model.selection)
     return table
+
+
+def _finite_only(value):
+    """A table without NaN/inf numbers (TOML can hold them, but a missing figure reads better as absent)."""
+    if isinstance(value, dict):
+        return {str(k): _finite_only(v) for k, v in value.items()
+                if not (isinstance(v, float) and not math.isfinite(v)) and v is not None}
+    return value
 
 
 def _provenance_tables(entries) -> list[dict]:
