@@ -226,6 +226,9 @@ def test_host_profiles_mix_with_csv_and_name_the_engine(tmp_path, exit_net_expor
     macs = [sum(f[1] for f in o.features.values()) for o in obs]   # each exit's path holds more of the network
     assert macs[0] < macs[1] < macs[2] == cost.macs_per_exit(cost.from_onnx(str(export_dir / "model.onnx")))[-1]
     assert ort.latency != fast.latency
+    gone = host_profile(tmp_path / "gone.json", tmp_path / "moved", [40.0], engines=("tvm",))
+    with pytest.raises(EdgenasError, match="holds no model.onnx"):
+        calibrate(load_target("x86-host"), [str(gone), str(tmp_path / "e2e.csv")])
     two = host_profile(tmp_path / "two.json", export_dir, [40.0, 70.0, 95.0], engines=("tvm",), threads=("1", "2"))
     with pytest.raises(EdgenasError, match="pass --threads N"):
         calibrate(load_target("x86-host"), [str(two), str(tmp_path / "e2e.csv")])

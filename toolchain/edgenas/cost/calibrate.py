@@ -163,7 +163,8 @@ class Calibration:
                 f"{b}: {cv['families'].get(self.family, cv['macs_only'])['within_10pct']:.1f}% within +-10%"
                 for b, cv in sorted(self.block_cv.items())))
         if self.cv is None:
-            lines.append("cross-validation needs at least 3 models: no held-out error reported; per-kind model written")
+            lines.append(f"cross-validation needs at least 3 models: no held-out error reported; {self.family} model "
+                         "written")
             return "\n".join(lines)
         lines.append(f"{self.cv['folds']}-fold cross-validated, held-out models (objective: {self.objective}):")
         rows = [*((f, self.family_cv[f]) for f in LATENCY_FAMILIES if f in self.family_cv),

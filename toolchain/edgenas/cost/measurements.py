@@ -499,6 +499,9 @@ def read_host_profile(path: Path, bpe: int, doc: dict, channel_block: int = 1, t
                    "pass --threads with a count the profile timed")
     folder = Path(str(doc.get("artefact", "")))
     model_path = folder / str((doc.get("onnxruntime") or {}).get("file", "model.onnx"))  # the build's ONNX graph
+    if not model_path.is_file():
+        raise _bad(where, f"the build folder it profiled ({folder}) holds no {model_path.name}",
+                   "calibrate on the machine that has the build folder, or fix the profile's `artefact` path")
     g = _graph(model_path, where)
     run = runs[key]
     out = Measurements(sources=[str(path)], device=str(doc.get("device", "")),
