@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import os
 import platform
@@ -255,12 +254,8 @@ def _reuse(cache: Path, models: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- scoring
 def _calibrate_kwargs(device: str, ort_version: str) -> dict:
-    from edgenas.api import calibrate
-
-    text = f"onnxruntime {ort_version} CPUExecutionProvider"
-    if "runtime_version" in inspect.signature(calibrate).parameters:  # runtime names the engine, the rest is text
-        return {"device": device, "runtime": "ort", "runtime_version": text, "threads": 1}
-    return {"device": device, "runtime": text, "threads": 1}
+    return {"device": device, "runtime": "ort", "runtime_version": f"onnxruntime {ort_version} CPUExecutionProvider",
+            "threads": 1}
 
 
 def _score(models: list[dict], key: str) -> dict:
@@ -409,7 +404,7 @@ def main(argv=None) -> int:
             for m in held:
                 pred = cost.predict_latency(m["graph"], target)
                 m["pred"], m["pred_macs_only"] = pred.worst_s, a + b * m["macs"] + per_exit_s
-                interval = getattr(pred, "interval_s", None)  # None: the model has no interval
+                interval = cost.latency_interval(pred.worst_s, target.latency.interval)  # None: it has none
                 for k in ("pred_lo", "pred_hi"):
                     m.pop(k, None)
                 if interval is not None:
@@ -428,10 +423,10 @@ def main(argv=None) -> int:
                 "calibration_set": "own-space only" if variant.endswith("own_only") else
                                    "own-space + random blocks" if random_blocks else "own-space",
                 "n_calibration": len(fit_set),
-                "family": getattr(cal, "family", "per-kind"), "fallback": getattr(cal, "fallback", ""),
-                "family_cv": getattr(cal, "family_cv", None), "cv_on_calibration_set": cal.cv,
+                "family": cal.family, "fallback": cal.fallback,
+                "family_cv": cal.family_cv, "cv_on_calibration_set": cal.cv,
                 "channel_block": cal.channel_block, "n_observations": cal.n_observations,
-                "calibration_noise_floor": getattr(cal, "noise_floor", None),
+                "calibration_noise_floor": cal.noise_floor,
                 "held_out": held_out,
                 "goals": {"own_within_10pct": own_w10, "own_goal": GOAL_OWN_WITHIN_10PCT,
                           "own_met": own_w10 is not None and own_w10 >= GOAL_OWN_WITHIN_10PCT,

@@ -364,19 +364,17 @@ def _in_place_concats(graph, readers: dict, fused: set, live: set, alias: set) -
 
 # ---------------------------------------------------------------------------------------------- the benchmark
 def _families_available() -> tuple[str, ...]:
-    from edgenas.cost import calibrate as calib_module
-    return tuple(getattr(calib_module, "FAMILIES", ()))
+    from edgenas.targets import LATENCY_FAMILIES
+    return LATENCY_FAMILIES
 
 
 def _calibrate(device: SyntheticDevice, csv_path: Path, out_toml: Path, families=None):
     """edgenas.api.calibrate as a user calls it; families=[f] forces one family (None: the selection)."""
-    import inspect
-
     from edgenas.api import calibrate
 
-    kwargs = {"device": f"synthetic {device.name} (benchmarks/costmodel_synthetic.py)", "threads": 1}
-    if "runtime_version" in inspect.signature(calibrate).parameters:  # the engine is neither ort nor tvm
-        kwargs["runtime_version"] = "synthetic device"
+    # the engine is neither ort nor tvm: the runtime is provenance text only
+    kwargs = {"device": f"synthetic {device.name} (benchmarks/costmodel_synthetic.py)", "threads": 1,
+              "runtime_version": "synthetic device"}
     if families is not None:
         kwargs["families"] = list(families)
     return calibrate(device.base_target, [str(csv_path)], out=out_toml, **kwargs)
@@ -393,10 +391,9 @@ def _compact_json(doc) -> str:
 
 
 def _cal_summary(cal) -> dict:
-    return json_finite({"family": getattr(cal, "family", "per-kind (this edgenas has no families)"),
-                  "fallback": getattr(cal, "fallback", ""), "family_cv": getattr(cal, "family_cv", None),
-                  "cv": cal.cv, "channel_block": getattr(cal, "channel_block", None),
-                  "noise_floor": getattr(cal, "noise_floor", None), "interval": getattr(cal, "interval", None)})
+    return json_finite({"family": cal.family, "fallback": cal.fallback, "family_cv": cal.family_cv, "cv": cal.cv,
+                        "channel_block": cal.channel_block, "noise_floor": cal.noise_floor,
+                        "interval": cal.interval})
 
 
 def _scores(models: list[dict], key: str, groups: dict[str, list[dict]]) -> dict:
@@ -503,7 +500,7 @@ def run_device(device: SyntheticDevice, models: list[dict], calib: list[dict], h
         for m in scored:
             pred = cost.predict_latency(m["graph"], target)
             m[f"pred_{tag}"] = pred.worst_s
-            interval = getattr(pred, "interval_s", None)  # None: the model has no interval
+            interval = cost.latency_interval(pred.worst_s, target.latency.interval)  # None: it has none
             if interval is not None:
                 m[f"pred_{tag}_lo"], m[f"pred_{tag}_hi"] = interval
         return cal, {**_cal_summary(cal), "held_out": _scores(scored, f"pred_{tag}", held_out),

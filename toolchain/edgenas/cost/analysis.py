@@ -203,16 +203,10 @@ class LatencyPrediction:
     layer_cycles: tuple[float, ...]
     layer_s: tuple[float, ...]      # aligned with CostGraph.layers
     per_exit_s: tuple[float, ...]   # worst case to leave at exit i (segments + heads 0..i + overheads)
-    interval: tuple[float, float] | None = None  # the model's 90 % prediction interval, as ratios (None: unknown)
 
     @property
     def worst_s(self) -> float:
         return self.per_exit_s[-1]
-
-    @property
-    def interval_s(self) -> tuple[float, float] | None:
-        """90 % prediction interval of the worst-case latency in seconds (None: the model has none)."""
-        return latency_interval(self.worst_s, self.interval)
 
 
 def latency_interval(seconds: float, interval: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -286,10 +280,8 @@ def layer_features(layer: Layer, bytes_per_element: int, channel_block: int = 1)
             c_out, c_out * h, thin, strided, small)
 
 
-def tree_descriptor(layer: Layer, kind: str, kinds: Sequence[str], bytes_per_element: int, channel_block: int = 1
-                    ) -> tuple[float, ...]:
-    """The layer as the trees of a TreeCorrection see it (edgenas.targets.TREE_DESCRIPTORS)."""
-    f = layer_features(layer, bytes_per_element, channel_block)
+def tree_descriptor(layer: Layer, kind: str, kinds: Sequence[str], f: Sequence[float]) -> tuple[float, ...]:
+    """The layer as the trees of a TreeCorrection see it (edgenas.targets.TREE_DESCRIPTORS); f: its layer_features."""
     h, w = _plane(layer.out_shape)
     c_out = int(layer.out_shape[0]) if layer.out_shape else 1
     return (float(kinds.index(kind)) if kind in kinds else -1.0, math.log2(1 + f[1]), float(_input_channels(layer)),
@@ -377,7 +369,7 @@ def layer_cycles(layer: Layer, model, kind: str | None = None) -> float:
     cycles = sum(c * f for c, f in zip(model.for_kind(kind).coefficients(), features))
     trees = getattr(model, "trees", None)
     if trees is not None:
-        cycles += trees.cycles(tree_descriptor(layer, kind, trees.kinds, bpe, block))
+        cycles += trees.cycles(tree_descriptor(layer, kind, trees.kinds, features))
     return max(cycles, 0.0)
 
 
@@ -390,8 +382,7 @@ def predict_latency(g: CostGraph, target) -> LatencyPrediction:
                      for i, c in enumerate(cumulative))
     return LatencyPrediction(target=target.name, clock_hz=target.clock_hz, dtype=model.dtype,
                              layer_names=tuple(layer.name for layer in g.layers), layer_cycles=tuple(cycles),
-                             layer_s=tuple(c / target.clock_hz for c in cycles), per_exit_s=per_exit,
-                             interval=getattr(model, "interval", None))
+                             layer_s=tuple(c / target.clock_hz for c in cycles), per_exit_s=per_exit)
 
 
 def expected_latency_s(pred: LatencyPrediction, exit_rates: Sequence[float]) -> float:
@@ -473,11 +464,13 @@ def analyze(g: CostGraph, target, dtype: str = "float32") -> CostReport:
 
 
 def near_edge(value: float, limit: float | None, interval: tuple[float, float] | None) -> bool:
-    """Whether a latency budget lies inside a prediction's interval: the verdict (fits or not) may be wrong."""
-    if limit is None or interval is None:
-        return False
-    low, high = latency_interval(value, interval)
-    return low <= limit <= high
+    """Whether a latency budget lies inside a prediction's interval (ratios): the verdict may be wrong."""
+    return limit_inside(latency_interval(value, interval), limit)
+
+
+def limit_inside(interval_s: Sequence[float] | None, limit: float | None) -> bool:
+    """Whether a budget lies inside an interval of seconds (False when either is missing)."""
+    return limit is not None and bool(interval_s) and interval_s[0] <= limit <= interval_s[1]
 
 
 def violations(report: CostReport, budgets, exit_rates: Sequence[float] | None = None,

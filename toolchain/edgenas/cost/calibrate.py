@@ -56,11 +56,11 @@ from edgenas.cost.measurements import (PROFILE_FORMAT, Measurements, ModelTotal,
                                        graph_features, read_csv, read_measurements, read_ort_profile,
                                        read_profile_json)
 from edgenas.errors import EdgenasError
-from edgenas.targets import LATENCY_FAMILIES, LATENCY_RUNTIMES
+from edgenas.targets import ENGINE_NAMES, LATENCY_FAMILIES, LATENCY_RUNTIMES, engine_of
 from edgenas.fileio import atomic_write_text, json_finite, missing_folders, remove_created
 
 __all__ = [  # the calibration API: this module's own names and those of the modules it is built from
-    "ALL_FEATURES", "CHANNEL_BLOCKS", "FAMILIES", "FEATURES", "MIN_DISTINCT_MODELS", "OBJECTIVES", "PROFILE_FORMAT",
+    "ALL_FEATURES", "CHANNEL_BLOCKS", "FEATURES", "MIN_DISTINCT_MODELS", "OBJECTIVES", "PROFILE_FORMAT",
     "Calibration", "Fit", "Measurements", "ModelTotal", "Observation", "Selection", "accuracy", "aggregate_repeats",
     "calibrate", "cross_validate", "fit", "fit_family", "fit_macs_only", "fit_macs_only_model", "folds",
     "graph_features", "kendall_tau", "latency_model", "read_csv", "read_measurements", "read_ort_profile",
@@ -68,7 +68,6 @@ __all__ = [  # the calibration API: this module's own names and those of the mod
 ]
 # channel blocks `calibrate` picks from by cross-validation (onnxruntime NCHWc pads to 8 on AVX2, 16 on AVX-512)
 CHANNEL_BLOCKS = (1, 8, 16)
-FAMILIES = LATENCY_FAMILIES
 
 
 # ------------------------------------------------------------------------------------------------ target model
@@ -93,13 +92,6 @@ def latency_model(fitted: Fit, base_model, clock_hz: float, channel_block: int |
                         per_exit_cycles=base_model.per_exit_cycles, dtype=base_model.dtype, channel_block=block,
                         family=fitted.family, runtime=runtime, trees=tree_correction(fitted, clock_hz),
                         interval=interval, selection=selection, folds_zero_ops=folds_zero_ops)
-
-
-def engine_of(runtime_text: str) -> str:
-    """The LATENCY_RUNTIMES engine a profile's free-text runtime names ("" when it names neither)."""
-    text = runtime_text.lower()
-    found = [e for e, words in (("ort", ("onnxruntime", "ort ")), ("tvm", ("tvm",))) if any(w in text for w in words)]
-    return found[0] if len(found) == 1 else ""
 
 
 @dataclass(frozen=True)
@@ -145,7 +137,7 @@ class Calibration:
                       "cross_validation": self.cv, "latency": latency})
 
     def summary(self) -> str:
-        engine = {"ort": "onnxruntime", "tvm": "TVM"}.get(self.runtime, "unknown engine")
+        engine = ENGINE_NAMES.get(self.runtime, "unknown engine")
         lines = [f"calibrated '{self.target}' for {engine} on {self.n_models} models ({self.n_observations} "
                  f"observations; device: {self.device or 'unknown'}, runtime: {self.runtime_version or 'unknown'}, "
                  f"threads: {self.threads or 'unknown'}); channel block {self.channel_block}"]
@@ -211,11 +203,8 @@ def require_distinct_models(meas: Measurements) -> int:
     return n
 
 
-def _best_score(cv: dict | None, objective: str) -> float:
-    """The best selection score any family reaches in a cross-validation (-inf without one)."""
-    if cv is None:
-        return -math.inf
-    sel = select_family(cv["families"], cv["macs_only"], objective)
+def _score(sel: Selection) -> float:
+    """The selection score of the family a Selection chose (-inf when it has none)."""
     return sel.scores.get(sel.family, -math.inf)
 
 
@@ -268,43 +257,43 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
     candidates = [channel_block] if channel_block is not None else sorted({own, *CHANNEL_BLOCKS})
     if families == ["macs-only"]:
         candidates = [1]  # plain MACs: the block changes nothing
-    tried: dict[int, tuple] = {}  # block -> (measurements, cross-validation, folds_zero_ops)
-    fold_options = [False]
+    tried: dict[int, tuple] = {}  # block -> (measurements, cross-validation, its Selection, folds_zero_ops)
+    folds_matter = False
     for block in candidates:
         meas = read_measurements(sources, bpe, block, threads, engine=runtime)
+        folded = None
         if not tried:
             require_distinct_models(meas)
             # a runtime may or may not fold constant operands (Layer.folded): try both when the models have any
             folded = read_measurements(sources, bpe, block, threads, folds=True, engine=runtime)
-            if [o.features for o in folded.observations] != [o.features for o in meas.observations]:
-                fold_options = [False, True]
+            folds_matter = [o.features for o in folded.observations] != [o.features for o in meas.observations]
         cv = cross_validate(meas, per_exit_s, k, families=families)
-        tried[block] = (meas, cv, False)
         if cv is None:  # too few models to compare: keep the given / the target's block
-            candidates = [channel_block if channel_block is not None else own]
-            if candidates[0] != block:
-                meas = read_measurements(sources, bpe, candidates[0], threads, engine=runtime)
-                tried = {candidates[0]: (meas, None, False)}
+            block = channel_block if channel_block is not None else own
+            if block != candidates[0]:
+                meas = read_measurements(sources, bpe, block, threads, engine=runtime)
+            tried = {block: (meas, None, None, False)}
             break
-        if True in fold_options:
-            folded = read_measurements(sources, bpe, block, threads, folds=True, engine=runtime)
+        tried[block] = (meas, cv, select_family(cv["families"], cv["macs_only"], objective), False)
+        if folds_matter:
+            folded = folded or read_measurements(sources, bpe, block, threads, folds=True, engine=runtime)
             folded_cv = cross_validate(folded, per_exit_s, k, families=families)
-            if _best_score(folded_cv, objective) > _best_score(cv, objective):
-                tried[block] = (folded, folded_cv, True)
-    selections = {b: select_family(cv["families"], cv["macs_only"], objective)
-                  for b, (_, cv, _) in tried.items() if cv is not None}
+            folded_sel = select_family(folded_cv["families"], folded_cv["macs_only"], objective)
+            if _score(folded_sel) > _score(tried[block][2]):
+                tried[block] = (folded, folded_cv, folded_sel, True)
+    selections = {b: sel for b, (_, _, sel, _) in tried.items() if sel is not None}
     if selections:
-        block = max(selections, key=lambda b: (selections[b].scores.get(selections[b].family, -math.inf)
-                                               if not selections[b].fallback else -math.inf, b == own, -b))
+        block = max(selections, key=lambda b: (_score(selections[b]) if not selections[b].fallback else -math.inf,
+                                               b == own, -b))
         sel = selections[block]
         if sel.fallback:  # every block fell back: MACs-only does not depend on the block
             block = own if own in selections else block
-        meas, cv, folds = tried[block]
+        meas, cv, _, folds = tried[block]
         cv = {**cv, "model": cv["families"].get(sel.family, cv["macs_only"])}
         family = sel.family
     else:
         block = next(iter(tried))
-        meas, cv, folds = tried[block]
+        meas, cv, _, folds = tried[block]
         family = "per-kind" if "per-kind" in families else families[0]
         sel = None
     fitted = fit_family(meas.observations, per_exit_s, family, meas.totals)
@@ -340,7 +329,7 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
     return Calibration(target=target.name, latency=model, fit=fitted, cv=cv, n_models=n_models,
                        n_observations=len(meas.observations), sources=tuple(meas.sources), device=device,
                        runtime=runtime, threads=threads, toml=text, channel_block=model.channel_block,
-                       block_cv={b: c for b, (_, c, _) in tried.items() if c is not None}, family=family,
+                       block_cv={b: c for b, (_, c, _, _) in tried.items() if c is not None}, family=family,
                        family_cv=dict(cv["families"]) if cv is not None else {},
                        fallback=sel.fallback if sel is not None else "", objective=objective, interval=interval,
                        noise_floor=meas.noise_floor, repeated_models=meas.repeated_models,

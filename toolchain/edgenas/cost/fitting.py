@@ -164,7 +164,12 @@ def fit(observations: Sequence[Observation], per_exit_s: float = 0.0, family: st
                  float(beta[-1]), per_exit_s, family="per-kind-shape" if family == "boosted-trees" else family)
     if family != "boosted-trees":
         return linear
-    return boost_trees(linear, [o for o, k in zip(observations, keep) if k])
+    return boost_trees(linear, _usable(observations, per_exit_s))
+
+
+def _usable(observations: Sequence[Observation], per_exit_s: float) -> list[Observation]:
+    """The observations a fit can use: a time above the fixed per-exit cost it includes."""
+    return [o for o in observations if o.seconds - o.exits * per_exit_s > 0]
 
 
 def boost_trees(base: Fit, observations: Sequence[Observation], rounds: int = TREE_ROUNDS, depth: int = TREE_DEPTH,
@@ -241,6 +246,19 @@ def fit_family(meas_or_obs, per_exit_s: float, family: str, totals: Sequence[Mod
     return fit(meas_or_obs, per_exit_s, family)
 
 
+def fit_families(observations: Sequence[Observation], totals: Sequence[ModelTotal], per_exit_s: float,
+                 families: Sequence[str]) -> dict[str, Fit]:
+    """The given families and macs-only (the baseline), each fitted once: boosted-trees grows its trees on the
+    per-kind-shape fit when that family is fitted too."""
+    fits: dict[str, Fit] = {}
+    for family in sorted({*families, "macs-only"}, key=LATENCY_FAMILIES.index):
+        if family == "boosted-trees" and "per-kind-shape" in fits:
+            fits[family] = boost_trees(fits["per-kind-shape"], _usable(observations, per_exit_s))
+        else:
+            fits[family] = fit_family(observations, per_exit_s, family, totals)
+    return fits
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b (ties in either ranking handled); NaN for fewer than 2 values or a constant ranking."""
@@ -290,14 +308,13 @@ def cross_validate(meas: Measurements, per_exit_s: float = 0.0, k: int = 5, seed
         held_set = set(held)
         train_obs = [o for o in meas.observations if o.model not in held_set]
         train_totals = [t for t in meas.totals if t.model not in held_set]
-        fits = {f: fit_family(train_obs, per_exit_s, f, train_totals) for f in families}
-        baseline = fit_macs_only_model(train_totals, per_exit_s)
+        fits = fit_families(train_obs, train_totals, per_exit_s, families)
         for t in meas.totals:
             if t.model in held_set:
                 measured.append(t.seconds)
-                base.append(baseline.predict_total(t))
-                for f, fitted in fits.items():
-                    pred[f].append(fitted.predict_total(t))
+                base.append(fits["macs-only"].predict_total(t))
+                for f in families:
+                    pred[f].append(fits[f].predict_total(t))
     out = {"folds": k, "families": {f: accuracy(measured, p) for f, p in pred.items()},
            "macs_only": accuracy(measured, base)}
     out["model"] = out["families"][families[0]]

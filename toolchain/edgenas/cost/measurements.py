@@ -14,6 +14,7 @@ import numpy as np
 from edgenas.cost.analysis import ALL_FEATURES, latency_kinds, layer_features, macs_per_exit, tree_descriptor
 from edgenas.cost.graph import CostGraph
 from edgenas.errors import EdgenasError
+from edgenas.targets import ENGINE_NAMES
 
 PROFILE_FORMAT = "edgenas-profile/1"
 _FUSED_INTO_PRODUCER = ("act", "add", "mul", "reshape")  # kinds ORT folds into the kernel before them
@@ -89,7 +90,7 @@ def graph_rows(g: CostGraph, bytes_per_element: int, layers=None, channel_block:
         f = layer_features(layer, bytes_per_element, channel_block)
         kind = kinds[layer.name]
         out[kind] = _add(out.get(kind, (0,) * len(ALL_FEATURES)), f)
-        rows.append((kind, f, tree_descriptor(layer, kind, (), bytes_per_element, channel_block)))
+        rows.append((kind, f, tree_descriptor(layer, kind, (), f)))
     return out, tuple(rows)
 
 
@@ -468,7 +469,6 @@ def _ort_groups(g: CostGraph, nodes: Sequence[str]) -> list[tuple[list, list[str
 
 
 HOST_PROFILE_FORMAT = "edgenas-host-profile/1"  # what `edgenas profile --device host|ssh:...` writes
-_ENGINE_KEYS = {"ort": "onnxruntime", "tvm": "tvm"}
 
 
 def read_host_profile(path: Path, bpe: int, doc: dict, channel_block: int = 1, threads: int | None = None,
@@ -478,13 +478,13 @@ def read_host_profile(path: Path, bpe: int, doc: dict, channel_block: int = 1, t
     timed by `engine` ("ort" or "tvm"; needed when the profile timed both) at `threads` (needed when it timed
     several counts). Each exit's path counts as a model of its own for cross-validation."""
     where = str(path)
-    runs_by_engine = {e: doc[key]["runs"] for e, key in _ENGINE_KEYS.items()
+    runs_by_engine = {e: doc[key]["runs"] for e, key in ENGINE_NAMES.items()
                       if isinstance(doc.get(key), dict) and doc[key].get("runs")}
     if not runs_by_engine:
         raise _bad(where, "holds no timed run of onnxruntime or tvm", "profile the build again; check its errors")
     if engine and engine not in runs_by_engine:
-        raise _bad(where, f"has no {_ENGINE_KEYS.get(engine, engine)} timings (it has "
-                   f"{', '.join(_ENGINE_KEYS[e] for e in runs_by_engine)})", "profile with --runtime " + engine)
+        raise _bad(where, f"has no {ENGINE_NAMES.get(engine, engine)} timings (it has "
+                   f"{', '.join(ENGINE_NAMES[e] for e in runs_by_engine)})", "profile with --runtime " + engine)
     if not engine:
         if len(runs_by_engine) > 1:
             raise _bad(where, "times both onnxruntime and tvm", "pass --runtime ort or --runtime tvm: the engine "
@@ -505,18 +505,17 @@ def read_host_profile(path: Path, bpe: int, doc: dict, channel_block: int = 1, t
     g = _graph(model_path, where)
     run = runs[key]
     out = Measurements(sources=[str(path)], device=str(doc.get("device", "")),
-                       runtime=f"{_ENGINE_KEYS[engine]} {doc.get('versions', {}).get(_ENGINE_KEYS[engine], '')}".strip(),
+                       runtime=f"{ENGINE_NAMES[engine]} {doc.get('versions', {}).get(ENGINE_NAMES[engine], '')}".strip(),
                        threads=int(key), noise_floor=(run.get("timing") or {}).get("noise_floor"))
+    macs = macs_per_exit(g)
     for exit_name, row in sorted(run.get("exits", {}).items()):
         e = int(exit_name)
         seconds = _positive_time(row["latency_us"]["median"], f"{where}: exit {e}", "latency_us", "us", 1e-6)
-        layers = [layer for layer in g.layers if layer.index <= e]
-        feats, rows = graph_rows(g, bpe, layers, channel_block, folds)
+        feats, rows = graph_rows(g, bpe, [layer for layer in g.layers if layer.index <= e], channel_block, folds)
         model = f"{model_path}#exit{e}"
-        macs = sum(layer.macs for layer in layers)
         out.observations.append(Observation(model, seconds, feats, overhead=1, exits=e + 1, layers=rows,
                                             end_to_end=True))
-        out.totals.append(ModelTotal(model, seconds, feats, 1, e + 1, macs, rows))
+        out.totals.append(ModelTotal(model, seconds, feats, 1, e + 1, macs[e], rows))
     return out
 
 

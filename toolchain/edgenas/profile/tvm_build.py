@@ -10,11 +10,12 @@ import numpy as np
 
 from edgenas.agreement import LOGIT_TOLERANCE
 from edgenas.errors import EdgenasError
+from edgenas.targets import ENGINE_NAMES
 
 DEFAULT_REPEATS = 20      # the fewest timed rounds per input
 DEFAULT_CI = 0.02         # stop timing when every input's median is known to +-2 % (95 % interval)
 DEFAULT_MAX_SECONDS = 60.0  # time budget of all timed rounds of one profile
-RUNTIMES = {"ort": ("onnxruntime",), "tvm": ("tvm",), "both": ("onnxruntime", "tvm")}
+RUNTIMES = {**{e: (name,) for e, name in ENGINE_NAMES.items()}, "both": tuple(ENGINE_NAMES.values())}
 
 BUILD_KEYS = {"target": str, "library": str, "library_arch": str, "onnx_model": str, "input_shape": list,
               "n_classes": int, "n_test_inputs": int, "sha256": dict}

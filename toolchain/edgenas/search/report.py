@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgenas.cost import limit_inside
 from edgenas.search.pareto import choose_best
 from edgenas.fileio import atomic_write, atomic_write_text
 
@@ -32,7 +33,7 @@ def latency_cell(record: dict, latency_budget_s: float | None = None) -> str:
     if not interval:
         return text
     text += f" [{interval[0] * 1e3:.2f}, {interval[1] * 1e3:.2f}]"
-    if latency_budget_s is not None and interval[0] <= latency_budget_s <= interval[1]:
+    if limit_inside(interval, latency_budget_s):
         text += " near budget"
     return text
 

@@ -15,20 +15,20 @@ Modules: `model` (the dataclasses and operator kinds), `units` (budget strings, 
 `loading` (files, `extends`), `validation` (TOML table -> Target), `writing` (Target -> TOML/JSON values).
 """
 from edgenas.targets.loading import MAX_EXTENDS_DEPTH, as_target, list_targets, load_target
-from edgenas.targets.model import (KIND_FALLBACK, LATENCY_DTYPES, LATENCY_FAMILIES, LATENCY_KINDS, LATENCY_RUNTIMES,
+from edgenas.targets.model import (ENGINE_NAMES, KIND_FALLBACK, LATENCY_DTYPES, LATENCY_FAMILIES, LATENCY_KINDS, LATENCY_RUNTIMES,
                                    LINEAR_FEATURES, OPERATOR_KINDS, PROVENANCE_FIELDS, SHAPE_FEATURES, SMALL_PLANE,
                                    SPLIT_BYTE_KEYS, TARGET_KINDS, THIN_REDUCTION, TREE_DESCRIPTORS, Budgets, KindCost,
-                                   LatencyModel, Provenance, RegressionTree, Target, TreeCorrection, deploy_engine,
-                                   engine_mismatch)
+                                   LatencyModel, Provenance, RegressionTree, Target, TreeCorrection, engine_mismatch,
+                                   engine_of)
 from edgenas.targets.units import (MAX_DURATION_S, MAX_MACS, MAX_NUMBER, MAX_SIZE, MIN_DURATION_S, TARGET_NAME,
                                    check_target_name, parse_accuracy, parse_duration, parse_macs, parse_size,
                                    target_with_budgets)
 from edgenas.targets.writing import latency_override_toml, latency_to_dict, target_to_dict, target_to_toml
 
 __all__ = [
-    "Budgets", "KIND_FALLBACK", "KindCost", "LATENCY_DTYPES", "LATENCY_FAMILIES", "LATENCY_KINDS", "LATENCY_RUNTIMES",
+    "Budgets", "ENGINE_NAMES", "KIND_FALLBACK", "KindCost", "LATENCY_DTYPES", "LATENCY_FAMILIES", "LATENCY_KINDS", "LATENCY_RUNTIMES",
     "LINEAR_FEATURES", "LatencyModel", "MAX_DURATION_S", "RegressionTree", "SHAPE_FEATURES", "SMALL_PLANE",
-    "THIN_REDUCTION", "TREE_DESCRIPTORS", "TreeCorrection", "deploy_engine", "engine_mismatch",
+    "THIN_REDUCTION", "TREE_DESCRIPTORS", "TreeCorrection", "engine_mismatch", "engine_of",
     "MAX_EXTENDS_DEPTH", "MAX_MACS", "MAX_NUMBER", "MAX_SIZE", "MIN_DURATION_S", "OPERATOR_KINDS", "PROVENANCE_FIELDS",
     "Provenance", "SPLIT_BYTE_KEYS", "TARGET_KINDS", "TARGET_NAME", "Target", "as_target", "check_target_name",
     "latency_override_toml", "latency_to_dict", "list_targets", "load_target", "parse_accuracy", "parse_duration",

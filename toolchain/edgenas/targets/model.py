@@ -2,6 +2,7 @@
 (and the cost model's layers, edgenas.cost.graph) is keyed by."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,19 +36,24 @@ SMALL_PLANE = 16
 # per latency kind, linear in LINEAR_FEATURES; the same plus SHAPE_FEATURES; and the last with a learned correction
 # per layer (gradient-boosted regression trees over the layer's shape, TreeCorrection).
 LATENCY_FAMILIES = ("macs-only", "per-kind", "per-kind-shape", "boosted-trees")
-# Engines a latency model can be calibrated for (`edgenas profile --runtime`, `calibrate --runtime`)
-LATENCY_RUNTIMES = ("ort", "tvm")
+# Engines a latency model can be calibrated for (`edgenas profile --runtime`, `calibrate --runtime`), with the name
+# each goes by in profiles and runtime texts
+ENGINE_NAMES = {"ort": "onnxruntime", "tvm": "tvm"}
+LATENCY_RUNTIMES = tuple(ENGINE_NAMES)
+_ENGINE_WORDS = {"ort": re.compile(r"onnxruntime|\bort\b", re.IGNORECASE), "tvm": re.compile("tvm", re.IGNORECASE)}
 
 
-def deploy_engine(runtime: str) -> str:
-    """The LATENCY_RUNTIMES engine a target's `runtime` deploys with ("" for one edgenas does not run itself)."""
-    return "tvm" if runtime.startswith("tvm") else "ort" if runtime.startswith(("onnxruntime", "ort")) else ""
+def engine_of(runtime_text: str) -> str:
+    """The LATENCY_RUNTIMES engine a runtime text names: a target's `runtime` ("tvm-relax-vm") or a profile's
+    ("onnxruntime 1.32 CPU"); "" when it names neither or both."""
+    found = [engine for engine, words in _ENGINE_WORDS.items() if words.search(runtime_text)]
+    return found[0] if len(found) == 1 else ""
 
 
 def engine_mismatch(target) -> str:
     """A one-line warning when the target's latency model was calibrated for another engine than it deploys with
     ("" when they agree or either is unknown)."""
-    deployed, measured = deploy_engine(target.runtime), target.latency.runtime
+    deployed, measured = engine_of(target.runtime), target.latency.runtime
     if deployed and measured and deployed != measured:
         return (f"the latency model of '{target.name}' was calibrated on {measured}, but the target deploys with "
                 f"{target.runtime}: predictions rank networks for {measured}")

@@ -4,8 +4,7 @@ Files are written by tomli-w, which escapes every string (a name or note holding
 value); only the first comment line is ours, and it holds nothing but a validated target name."""
 from __future__ import annotations
 
-import math
-
+from edgenas.fileio import json_finite
 from edgenas.targets.model import OPTIONAL_COEFFICIENTS, PROVENANCE_FIELDS, LatencyModel, Target
 from edgenas.targets.units import check_target_name
 
@@ -40,15 +39,15 @@ def latency_to_dict(model: LatencyModel) -> dict:
                           "tree": [{"feature": list(t.feature), "threshold": list(t.threshold), "left": list(t.left),
                                     "right": list(t.right), "value": list(t.value)} for t in model.trees.trees]}
     if model.selection is not None:
-        table["selection"] = _finite_only(model.selection)
+        table["selection"] = _present(json_finite(model.selection))
     return table
 
 
-def _finite_only(value):
-    """A table without NaN/inf numbers (TOML can hold them, but a missing figure reads better as absent)."""
+def _present(value):
+    """A table without missing figures (None, which json_finite also makes of NaN/inf): TOML could hold NaN, but a
+    missing figure reads better as absent."""
     if isinstance(value, dict):
-        return {str(k): _finite_only(v) for k, v in value.items()
-                if not (isinstance(v, float) and not math.isfinite(v)) and v is not None}
+        return {k: _present(v) for k, v in value.items() if v is not None}
     return value
 
 
