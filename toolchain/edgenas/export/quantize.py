@@ -14,6 +14,7 @@ stage i-1 for the calibration images.
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -68,6 +69,27 @@ def confidence_path_nodes(model: onnx.ModelProto, output: str = "conf") -> list[
     return sorted(found)
 
 
+def separate_read_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every graph output that a node also reads gets its own Identity, so the quantiser sees two readers.
+
+    onnxruntime's QDQ quantiser removes a Relu/Clip whose input has one reader and narrows that input's
+    QuantizeLinear to the activation's range instead. It does not count a graph output as a reader: a stage's
+    `h_out` (a residual add, negative values included) that feeds the next head's Relu came out clipped at 0, and
+    the next stage computed on it (measured: int8 accuracy 27 % against 98 % in fp32 on a two-stage mbv3 member)."""
+    outputs = {o.name for o in model.graph.output}
+    read = {name for node in model.graph.node for name in node.input}
+    shared = sorted(outputs & read)
+    if not shared:
+        return model
+    model = copy.deepcopy(model)
+    rename = {name: f"{name}_value" for name in shared}
+    for node in model.graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
+    model.graph.node.extend(onnx.helper.make_node("Identity", [rename[n]], [n], name=f"{n}_output") for n in shared)
+    return model
+
+
 def stage_calibration_inputs(stage_paths: Sequence[Path], x: np.ndarray) -> list[np.ndarray]:
     """The fp32 input every stage receives for the images x: [x, h_out of stage 0, h_out of stage 1, ...]."""
     inputs = [np.ascontiguousarray(x, dtype=np.float32)]
@@ -88,6 +110,7 @@ def quantize_stage(fp32_path: Path, reader: CalibrationDataReader, out_path: Pat
         quantized = Path(tmp) / "int8.onnx"
         # shape inference + basic graph optimisations; stamps the "preprocessed" mark the quantiser looks for
         quant_pre_process(str(fp32_path), str(prepped))
+        onnx.save(separate_read_outputs(onnx.load(str(prepped))), str(prepped))
         keep_float = confidence_path_nodes(onnx.load(str(prepped)))
         quantize_static(str(prepped), str(quantized), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
