@@ -58,6 +58,14 @@ def files(contents: dict[str, str | bytes]):
     return setup
 
 
+def npy(name: str, shape):
+    """setup: write a zero array of `shape` to {tmp}/name with numpy.save."""
+    def setup(tmp: Path, ctx: Ctx) -> None:
+        import numpy as np
+        np.save(tmp / name, np.zeros(shape, np.float32))
+    return setup
+
+
 def run_copy(change: Callable[[Path], None] | None = None):
     """setup: copy the tiny run to {tmp}/run, then let `change(run)` break it."""
     def setup(tmp: Path, ctx: Ctx) -> None:
@@ -215,6 +223,10 @@ CASES = [
     row("compile {tmp}/bad.onnx --out {tmp}/fw", "bad.onnx", setup=files({"bad.onnx": b"\x00not a protobuf"})),
     row("compile {model} --target no-such-board --out {tmp}/fw", "unknown target"),
     row("compile {model} --test-inputs -1 --out {tmp}/fw", "--test-inputs"),
+    row("compile {model} --calib-data {tmp}/missing.npy --out {tmp}/fw", "cannot read --calib-data"),
+    row("compile {model} --calib-data {tmp}/c.npy --out {tmp}/fw", "calibration data of shape [2, 5]",
+        setup=npy("c.npy", (2, 5))),
+    row("compile {model} --calib-data no-such-dataset --out {tmp}/fw", "unknown dataset"),
     # profile
     row("profile {tmp} --device usb", "usb"),
     row("profile {tmp}/nothing --device qemu", "nothing"),

@@ -266,12 +266,16 @@ def test_flash_counts_weights_and_code():
     g = cost.from_torch(early_exit_net())
     params = (4 * 9 + 4) + (256 * 3 + 3) + (4 * 4 * 9 + 4) + (256 * 2 + 2)
     assert cost.total_params(g) == params
-    assert cost.flash_bytes(g) == 4 * params and cost.flash_bytes(g, 1, code_size_bytes=1000) == params + 1000
+    assert cost.flash_bytes(g) == 4 * params
+    # int8: plus the integer kernels' int32 bias and float32 scale per output channel, rows padded to 4 bytes
+    extra = 4 * (7 + 3) + 3 * 7 + 4 * 7 + 2 * 7  # the first conv's rows are 9 weights: 3 bytes of padding
+    assert cost.analysis.int8_constant_bytes(g) == extra
+    assert cost.flash_bytes(g, 1, code_size_bytes=1000) == params + extra + 1000
 
 
 # ------------------------------------------------------------------------------------------------ latency, report
 def test_latency_follows_the_per_layer_formula_and_counts_earlier_heads():
-    t = load_target("cortex-m7")
+    t = load_target("rpi4")  # a per-kind model with one shared cycles_per_byte (cortex-m7's fp32 model is macs-only)
     g = cost.from_torch(early_exit_net())
     pred = cost.predict_latency(g, t)
     conv = g.layers[0]  # conv 1->4: reads 64 floats, writes 256, holds 40 params
@@ -298,13 +302,13 @@ def test_analyze_and_violations():
     report = cost.analyze(g, t)
     assert report.macs_per_exit == (3072, 12800) and report.params == cost.total_params(g)
     assert report.activation_sram_bytes == F32 * 515
-    from edgenas.cost.analysis import runtime_allowances
+    from edgenas.cost.analysis import int8_constant_bytes, runtime_allowances
     code, ram = runtime_allowances(g, t, F32)  # tvm-static-c: kernel code, kernel scratch + driver state
     code8, ram8 = runtime_allowances(g, t, 1)
     assert code > 0 and ram > 0 and code8 == code and ram8 < ram
     assert report.peak_sram_bytes == F32 * 515 + ram + t.workspace_bytes
     assert report.peak_sram_bytes_int8 == 515 + ram8 + t.workspace_bytes
-    assert report.flash_bytes_int8 == report.params + code8 + t.code_size_bytes
+    assert report.flash_bytes_int8 == report.params + int8_constant_bytes(g) + code8 + t.code_size_bytes
     v = cost.violations(report, t.budgets)
     assert set(v) == {"sram_bytes", "macs"}
     value, limit, excess = v["macs"]

@@ -149,7 +149,7 @@ def test_search_json_and_table_on_stdout_progress_on_stderr(tiny_run, tmp_path, 
     out = capsys.readouterr().out.splitlines()
     rows = assert_whole_tsv("\n".join(out[:1 + len(members)]), HEADER)
     assert [int(r[0]) for r in rows] == [m["id"] for m in members]
-    assert [r[4] for r in rows] == [str(m["n_exits"]) for m in members]
+    assert [r[HEADER.index("exits")] for r in rows] == [str(m["n_exits"]) for m in members]
     assert len(out) == 2 + len(members)  # the summary, one whole line after the table
     assert out[-1].startswith(f"{result.evaluations} candidates evaluated (0 new)") and out[-1].endswith(str(copy))
 

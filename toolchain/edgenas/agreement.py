@@ -24,15 +24,16 @@ class Agreement:
     exit_agreement: float      # share of samples taking the same exit (1.0 for no samples)
     max_abs_diff: float        # max |logit difference| over the samples that took the same exit (0.0 for none)
     n_exit_mismatches: int
+    tolerance: float = LOGIT_TOLERANCE  # an int8 build's is one quantisation step of its logits
 
     @property
     def passed(self) -> bool:
-        """At least one sample, the same exit on all, logits within LOGIT_TOLERANCE (a NaN difference fails)."""
-        return self.n_samples > 0 and self.n_exit_mismatches == 0 and self.max_abs_diff <= LOGIT_TOLERANCE
+        """At least one sample, the same exit on all, logits within the tolerance (a NaN difference fails)."""
+        return self.n_samples > 0 and self.n_exit_mismatches == 0 and self.max_abs_diff <= self.tolerance
 
 
-def agreement(logits_a, exits_a, logits_b, exits_b) -> Agreement:
+def agreement(logits_a, exits_a, logits_b, exits_b, tolerance: float = LOGIT_TOLERANCE) -> Agreement:
     same = np.asarray(exits_a).reshape(-1) == np.asarray(exits_b).reshape(-1)
     diff = float(np.abs(np.asarray(logits_a)[same] - np.asarray(logits_b)[same]).max()) if same.any() else 0.0
     return Agreement(n_samples=len(same), exit_agreement=float(same.mean()) if len(same) else 1.0,
-                     max_abs_diff=diff, n_exit_mismatches=int((~same).sum()))
+                     max_abs_diff=diff, n_exit_mismatches=int((~same).sum()), tolerance=float(tolerance))

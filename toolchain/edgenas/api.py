@@ -143,13 +143,19 @@ def _resolve_model(model) -> Path:
     return path
 
 
-def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", dtype: str = "float32",
-            test_inputs: int = 16, tune_trials: int = 0, keep_failed: bool = False):
+def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", dtype: str | None = None,
+            test_inputs: int = 16, tune_trials: int = 0, keep_failed: bool = False, calib_data=None):
     """Compile an exported model for a target: Cortex-M firmware (kind mcu) or a TVM library (host, Cortex-A).
 
+    `dtype` (MCU): "int8", "float32", or None for int8 where the model carries int8 (an export folder with
+    `stages_int8/`, a QDQ ONNX model, or `calib_data`: an .npy of inputs or a dataset spec), else float32.
     `keep_failed` (MCU): keep the project of a firmware that does not fit or does not build, instead of removing it."""
     from edgenas.targets import load_target
     t = load_target(target)
+    if t.kind != "mcu" and (dtype == "int8" or calib_data is not None or _is_qdq_file(model)):
+        raise EdgenasError(f"int8 builds are for MCU targets; {t.name} ({t.kind}) gets a float32 TVM library",
+                           "pass the float model (or its export folder) without --dtype int8 / --calib-data, or "
+                           "compile for an MCU target such as cortex-m7")
     if test_inputs < 1:
         raise EdgenasError(f"--test-inputs must be at least 1, got {test_inputs}", "e.g. --test-inputs 16")
     if keep_failed and t.kind != "mcu":
@@ -162,13 +168,27 @@ def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", d
     if t.kind == "mcu":
         from edgenas.compile import compile_mcu
         return compile_mcu(path, t, Path(out) if out else beside / f"firmware-{t.name}", codegen=codegen, dtype=dtype,
-                           test_inputs=x, keep_failed=keep_failed)
+                           test_inputs=x, keep_failed=keep_failed, calib_data=calib_data)
     from edgenas.compile.host import compile_host
     from edgenas.compile.outputs import check_writable, external_build
     out = Path(out) if out else beside / f"tvm-{t.name}"
     check_writable(out)
     with external_build(out):
         return compile_host(path, t, out, tune_trials=tune_trials, test_inputs=x)
+
+
+def _is_qdq_file(model) -> bool:
+    """Whether `model` is a quantised (QDQ) ONNX file (a host library would compute it in float)."""
+    import onnx
+
+    from edgenas.compile.mcu import is_qdq
+    path = Path(model)
+    if not (path.is_file() and path.suffix == ".onnx"):
+        return False
+    try:
+        return is_qdq(onnx.load(str(path), load_external_data=False))
+    except Exception:  # noqa: BLE001  (an unreadable file gets its own error from the compiler)
+        return False
 
 
 def compile_cli(json_out: bool = False, **opts) -> None:
@@ -224,13 +244,15 @@ def profile_cli(**opts) -> None:
 
 
 def calibrate(target: str, profiles, out=None, device: str = "", runtime: str = "", threads: int | None = None,
-              name: str | None = None, runtime_version: str = "", families=None, objective: str = "both"):
+              name: str | None = None, runtime_version: str = "", families=None, objective: str = "both",
+              dtype: str = "float32", notes: str = ""):
     """Fit the target's latency model from profiles (per-layer JSON, MODEL.onnx=ORT.json, end-to-end CSV) and write
     an override target TOML (`out`, default ./<target>-calibrated.toml) that `extends` the target.
 
     runtime: the engine measured ("ort" or "tvm"); runtime_version: free text for the provenance; families: the
     model families to choose from (default all, edgenas.targets.LATENCY_FAMILIES); objective: what the choice
-    optimises ("both", "ranking", "budgets"; edgenas.cost.fitting.select_family).
+    optimises ("both", "ranking", "budgets"; edgenas.cost.fitting.select_family); dtype: the arithmetic measured,
+    "float32" (the override's [latency]) or "int8" ([latency_int8]); notes: free text for the provenance.
 
     Returns (Calibration, path written). Nothing is written when a file is malformed or the fit fails."""
     import os
@@ -253,7 +275,8 @@ def calibrate(target: str, profiles, out=None, device: str = "", runtime: str = 
         extends = os.path.relpath(Path(t.source_path).resolve(), out.resolve().parent)
     cal = fit_latency(t, [str(p) for p in profiles], device=device, runtime=runtime, threads=threads,
                       name=name or out.stem, extends=extends, runtime_version=runtime_version,
-                      families=list(families) if families else None, objective=objective)
+                      families=list(families) if families else None, objective=objective, dtype=dtype,
+                      notes=notes)
     return cal, write_override(cal, out)
 
 
@@ -285,6 +308,7 @@ def analyze(model, target: str = "cortex-m7", dtype: str = "float32", latency=No
                            "their MACs and weights would be missing from every figure",
                            "pass --allow-unknown for a report marked incomplete, or replace those operators")
     report = cost.analyze(g, t, dtype)
+    model = cost.analysis.latency_model_for(t, dtype)  # the fp32 one when the target has no model of dtype
     over = cost.violations(report, t.budgets)
     b = t.budgets
     checks = {}
@@ -298,11 +322,11 @@ def analyze(model, target: str = "cortex-m7", dtype: str = "float32", latency=No
         report.latency_worst_s, interval))
     checks["latency_s"]["near_edge"] = cost.near_edge(report.latency_worst_s, b.latency_s, interval)
     return {"model": str(model), "target": t.name, "target_file": t.source_path, "dtype": dtype,
-            "latency_model": {"family": t.latency.family, "runtime": t.latency.runtime or None,
-                              "warning": engine_mismatch(t) or None,
+            "latency_model": {"family": model.family, "runtime": model.runtime or None, "dtype": model.dtype,
+                              "note": report.latency_note or None, "warning": engine_mismatch(t) or None,
                               "interval": None if interval is None else list(interval),
-                              "calibrated": t.latency.selection is not None},
-            "n_exits": g.n_exits, "input_shape": list(g.input_shape), "layers": cost.layer_table(g, t),
+                              "calibrated": model.selection is not None},
+            "n_exits": g.n_exits, "input_shape": list(g.input_shape), "layers": cost.layer_table(g, t, dtype),
             "totals": report.to_dict(), "budgets": checks, "fits": not over,
             "unknown_ops": list(g.unknown_ops), "complete": not g.unknown_ops}
 
@@ -337,6 +361,8 @@ def analyze_cli(as_json: bool = False, **opts) -> bool:
         console.print(f"latency model: {lm['family']}"
                       f"{' for ' + lm['runtime'] if lm['runtime'] else ''}, 90% prediction interval "
                       f"{100 * (lm['interval'][0] - 1):+.1f}% .. {100 * (lm['interval'][1] - 1):+.1f}%")
+    if lm["note"]:
+        console.print(f"note: {lm['note']}")
     if lm["warning"]:
         console.print(f"warning: {lm['warning']}")
     console.print(f"params {tot['params']:,}; peak SRAM {tot['peak_sram_bytes'] / 1024:.1f} KiB "

@@ -81,7 +81,12 @@ def export(run_dir, candidate, best, out):
 @click.option("--out", default=None, help="Output folder (default: beside the model).")
 @click.option("--codegen", type=click.Choice(["llvm", "c"]), default="llvm", show_default=True,
               help="MCU kernels: TVM LLVM objects or TVM C source.")
-@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default=None,
+              help="MCU: integer or float inference. Default: int8 where the model carries int8 (an export folder "
+                   "with stages_int8/, a QDQ ONNX model, or --calib-data), else float32.")
+@click.option("--calib-data", default=None,
+              help="MCU int8: quantise a float model with these inputs (an .npy of shape (N, C, H, W) or a dataset "
+                   "spec such as digits).")
 @click.option("--test-inputs", default=16, show_default=True, type=int,
               help="MCU: test-split inputs embedded in the firmware and checked against onnxruntime.")
 @click.option("--tune-trials", default=0, show_default=True, type=int, help="Host/Cortex-A: MetaSchedule trials.")
@@ -154,6 +159,8 @@ def targets_show(name, json_out):
 @click.option("--objective", default="both", show_default=True, type=click.Choice(["both", "ranking", "budgets"]),
               help="What the family choice optimises: Kendall tau (ranking), share within +-10% (budgets), or both.")
 @click.option("--name", default=None, help="Name of the calibrated target (default: the --out file's stem).")
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="Arithmetic measured: float32 fits [latency], int8 fits [latency_int8] (the other is kept).")
 @click.option("--json", "json_out", is_flag=True, help="Print the fit and its held-out error as JSON.")
 def calibrate(**opts):
     """Fit a target's latency model from PROFILES and write a target override with its held-out error.

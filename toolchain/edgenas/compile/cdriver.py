@@ -192,16 +192,20 @@ def tensor_summary(programs: Sequence[StageProgram]) -> Mapping[str, int]:
 
 
 def driver_project(stage_models, stages, thresholds, n_classes: int, input_shape, x: np.ndarray,
-                   ref_logits: np.ndarray, ref_exits: np.ndarray, codegen: str, tvm_target, project) -> tuple:
+                   ref_logits: np.ndarray, ref_exits: np.ndarray, codegen: str, tvm_target, project,
+                   dtype: str = "float32", integer_summary: dict | None = None) -> tuple:
     """Lower each stage, build its TVM kernels into `project` and write the generated C driver sources there
     (weights, model.c, edgenas.h, edgenas_config.h, test_io.c). Shared by the Cortex-M firmware and the hosted
-    static build. Returns (programs, arena plan, kernel workspace pool bytes)."""
+    static build. Returns (programs, arena plan, kernel workspace pool bytes). dtype "int8": integer kernels
+    (the SIMD micro-kernel where the target's CPU has the DSP extension), summarised per stage file into
+    `integer_summary` when given."""
     from pathlib import Path
 
     from edgenas.compile import lowering, memplan
     mods, programs = [], []
     for i, (stage, model) in enumerate(zip(stages, stage_models)):
-        mod = lowering.lower_onnx(model, stage.input, stage.input_shape)
+        mod = lowering.lower_onnx(model, stage.input, stage.input_shape, dtype, lowering.has_dsp(tvm_target),
+                                  Path(stage.path).name, integer_summary)
         mods.append(mod)
         programs.append(lowering.stage_program(mod, i, stage.input))
     plan = memplan.plan_arena(programs)

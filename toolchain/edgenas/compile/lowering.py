@@ -32,6 +32,7 @@ DL_TYPES = {"float32": (2, 32), "int64": (0, 64), "int32": (0, 32), "int16": (0,
 KERNEL_PASS_CONFIG = {"tirx.disable_assert": True}
 # Added under the target's own tvm_target entries (which win): let LLVM contract a*b+c into one FMA (vfma.f32).
 LLVM_DEFAULTS: dict = {}
+WORKSPACE_ALIGN = 16  # TVMBackendAllocWorkspace of the firmware (mcu_files/tvm_stubs.c) rounds every block up to it
 STACK_ALLOCA_LIMIT = 1024  # TIR buffers below this many bytes are stack allocas; larger ones use the workspace
 
 
@@ -116,8 +117,20 @@ def check_operators(model, name: str) -> None:
                            "outputs in the application")
 
 
-def lower_onnx(model, input_name: str, input_shape: Sequence[int]):
-    """Relax IRModule of a stage with fused TIR kernels (constants folded into the kernels' arguments)."""
+# Cores with the ARMv7E-M DSP extension (SMLAD, SXTB16): the int8 kernels use the SIMD micro-kernel there.
+DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85")
+
+
+def has_dsp(tvm_target: Mapping[str, Any]) -> bool:
+    return str(tvm_target.get("mcpu", "")) in DSP_CPUS and str(tvm_target.get("mtriple", "")).startswith("thumbv")
+
+
+def lower_onnx(model, input_name: str, input_shape: Sequence[int], dtype: str = "float32", dsp: bool = False,
+               name: str = "the model", integer_summary: dict | None = None):
+    """Relax IRModule of a stage with fused TIR kernels (constants folded into the kernels' arguments).
+
+    dtype "int8": the QDQ groups become integer kernels first (`qdq.rewrite_qdq`, SIMD micro-kernel if `dsp`);
+    what it did is stored in `integer_summary[name]` when a dict is given."""
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -128,6 +141,11 @@ def lower_onnx(model, input_name: str, input_shape: Sequence[int]):
         raise EdgenasError(f"TVM's ONNX frontend cannot import {model.graph.name or 'the model'}: "
                            f"{' '.join(str(exc).split())[:200]}",
                            "use operators TVM 0.27's Relax ONNX frontend supports (export with opset 18)") from None
+    if dtype == "int8":
+        from edgenas.compile.qdq import rewrite_qdq
+        mod, summary = rewrite_qdq(mod, model, dsp, name)
+        if integer_summary is not None:
+            integer_summary[name] = summary
     passes = tvm.transform.Sequential([
         relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
@@ -234,7 +252,8 @@ def _tir_scratch_bytes(func) -> int:
     total = 0
     for dims, dtype in _ALLOC.findall(func.script()):
         n = int(np.prod([int(d) for d in _DIM.findall(dims)], dtype=np.int64))
-        total += n * np.dtype(dtype or "float32").itemsize
+        # the firmware's pool hands out 16-byte aligned blocks (tvm_stubs.c): a 57800-byte buffer takes 57808
+        total += -(-n * np.dtype(dtype or "float32").itemsize // WORKSPACE_ALIGN) * WORKSPACE_ALIGN
     return total
 
 

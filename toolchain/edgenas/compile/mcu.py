@@ -12,13 +12,14 @@ rule in C. The project (`firmware.py`) is built for QEMU (`firmware.elf`, APB ti
 linker output. `firmware.json` records the report; `reference.json` the test inputs' onnxruntime logits and exits
 that `edgenas.profile` checks against.
 
-int8 (`dtype="int8"`, the QDQ stage files of `stages_int8/`): TVM 0.27's Relax ONNX frontend imports
-QuantizeLinear/DequantizeLinear as `R.quantize`/`R.dequantize`, and LegalizeOps lowers them to float TIR. FoldConstant
-then dequantizes the int8 weights at compile time, so the firmware stores float32 weights and computes in float32
-on fake-quantised activations: it runs and reproduces the QDQ model's numbers, but it is not int8 inference (no
-int8 weights in flash, no integer MACs). Real int8 needs QDQ pattern fusion into integer kernels
-(quantized conv2d/dense with int32 accumulation and requantisation) before legalisation, which TVM 0.27's Relax
-pipeline does not provide; the size report of an int8 build shows this plainly (weights at 4 bytes each).
+int8 (`dtype="int8"`, the default for a model that carries int8): the stages are QDQ models (`stages_int8/` of an
+export folder, a QDQ ONNX file from onnxruntime's `quantize_static` or another tool, or a float model quantised here
+from `calib_data`). `qdq.rewrite_qdq` replaces every quantised operator by our integer kernel (`int8_kernels.py`:
+int8 weights in flash, int8 activations in the arena, int32 accumulation, onnxruntime's requantisation; the SMLAD
+micro-kernel on cores with the DSP extension) before TVM legalises anything, and refuses a quantised layer it cannot
+lower (one line naming the node) instead of running it in float. The firmware takes a float input and quantises it
+in its first kernel; exits compare in float on the dequantised outputs, as onnxruntime does on the same QDQ model,
+which is the reference (`reference.json`): same exits, logits within one quantisation step.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.agreement import LOGIT_TOLERANCE
 from edgenas.compile.outputs import REFERENCE_FILE, reference_document
 from edgenas.compile.test_inputs import checked_test_inputs
 from edgenas.errors import EdgenasError
@@ -79,6 +81,8 @@ class FirmwareReport:
     fits: bool
     excess: dict
     report_channel: str = "uart"        # report and exit over UART0, no semihosting (edgenas.profile.qemu)
+    logit_tolerance: float = LOGIT_TOLERANCE  # largest |logit - reference| a correct build shows (int8: one step)
+    int8: dict | None = None            # int8 builds: integer kernels by kind, float operators left, input
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -98,8 +102,15 @@ class FirmwareReport:
                  sz["flash_bytes"] - sz.get("flash_parts", {}).get("test_data", 0), sz["flash_budget"],
                  pred.get("flash_bytes")),
             line("RAM", sz["ram_bytes"], sz["ram_budget"], pred.get("peak_sram_bytes")),
+            *([self._int8_line()] if self.int8 else []),
             f"  {self.n_stages} segments, {self.n_test_inputs} embedded test inputs; "
             f"run `edgenas profile {self.project_dir} --target {self.target} --device qemu`"])
+
+    def _int8_line(self) -> str:
+        def counts(d):
+            return ", ".join(f"{k} {n}" for k, n in sorted(d.items())) or "none"
+        return (f"  int8: integer kernels: {counts(self.int8['integer_kernels'])}; left in float as in the QDQ "
+                f"model: {counts(self.int8['float_ops'])}; input: {self.int8['input']}")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -166,20 +177,88 @@ def load_model_source(path: Path, dtype: str) -> ModelSource:
     if not path.is_file() or path.suffix != ".onnx":
         raise EdgenasError(f"{path} is neither an export folder (with exits.json) nor an .onnx file",
                            "pass the folder written by `edgenas export` or an ONNX model")
-    if dtype == "int8":
-        raise EdgenasError("dtype int8 needs an export folder with stages_int8/",
-                           "pass the export folder, or compile this model with dtype float32")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf decode errors
         raise EdgenasError(f"cannot read {path} as ONNX: {' '.join(str(exc).split())[:160]}",
                            "pass a model written by onnx.save or torch.onnx.export") from None
+    if dtype == "int8" and not is_qdq(model):
+        raise EdgenasError(f"{path} is a float model; an int8 build needs its quantised (QDQ) version or "
+                           "calibration data", "pass --calib-data (a dataset spec or an .npy of inputs), a QDQ "
+                           "model, or --dtype float32")
+    if dtype == "float32" and is_qdq(model):
+        raise EdgenasError(f"{path} is a quantised (QDQ) model; a float32 build would compute it in float",
+                           "compile it with --dtype int8, or pass the float model for --dtype float32")
     from edgenas.compile.lowering import check_operators
     check_operators(model, str(path))
     name, shape = _onnx_input(model)
     out = model.graph.output[0].type.tensor_type.shape.dim
     n_classes = int(np.prod([d.dim_value for d in out if d.dim_value > 0])) if out else 1
     return ModelSource((StageSource(path, name, shape, True),), (), n_classes, shape, None, (path,))
+
+
+def is_qdq(model) -> bool:
+    """Whether an ONNX model is quantised: a DequantizeLinear of an int8/uint8 initializer (a quantised weight)."""
+    from onnx import TensorProto
+    int8 = {i.name for i in model.graph.initializer if i.data_type in (TensorProto.INT8, TensorProto.UINT8)}
+    return any(n.op_type == "DequantizeLinear" and n.input[0] in int8 for n in model.graph.node)
+
+
+def default_dtype(path: Path, calib_data) -> str:
+    """int8 where the model carries int8 (calibration data, an export folder with `stages_int8/`, a QDQ model),
+    else float32: what `edgenas compile` builds for an MCU target when --dtype is not given."""
+    import onnx
+
+    from edgenas.export.exits_json import EXITS_FILE, read_exits_json
+
+    if calib_data is not None:
+        return "int8"
+    path = Path(path)
+    if path.is_dir() and (path / "archive.jsonl").is_file() and not (path / EXITS_FILE).is_file():
+        path = _run_export(path)
+    folder = path if path.is_dir() else path.parent
+    if (folder / EXITS_FILE).is_file() and (path.is_dir() or path.suffix == ".onnx"):
+        stages = read_exits_json(folder)["stages"]
+        return "int8" if stages and all(st.get("int8_file") for st in stages) else "float32"
+    if path.is_file() and path.suffix == ".onnx":
+        try:
+            return "int8" if is_qdq(onnx.load(str(path), load_external_data=False)) else "float32"
+        except Exception:  # noqa: BLE001  (load_model_source reports the unreadable file)
+            return "float32"
+    return "float32"
+
+
+def calibration_inputs(calib_data, input_shape, limit: int = 256) -> np.ndarray:
+    """Calibration inputs from an .npy file (N, *sample) or a dataset spec (its training split, resized): float32."""
+    sample = tuple(input_shape[1:])
+    if isinstance(calib_data, np.ndarray):
+        x = calib_data
+    elif str(calib_data).endswith(".npy"):
+        try:
+            x = np.load(str(calib_data), allow_pickle=False)  # data, never code
+        except (OSError, ValueError) as exc:
+            raise EdgenasError(f"cannot read --calib-data {calib_data}: {' '.join(str(exc).split())[:120]}",
+                               "pass an .npy file saved by numpy.save (no pickled objects)") from None
+    else:
+        from edgenas.data import load_dataset, resize
+        x = resize(load_dataset(str(calib_data)).train.x, sample[-1]).numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == len(sample) + 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != len(sample) + 1 or tuple(x.shape[1:]) != sample or len(x) < 1:
+        raise EdgenasError(f"calibration data of shape {list(x.shape)} does not fit the model input "
+                           f"{list(input_shape)}", f"pass inputs of shape (N, {', '.join(map(str, sample))})")
+    return np.ascontiguousarray(x[:limit])
+
+
+def quantised_source(src: ModelSource, calib: np.ndarray, folder: Path) -> ModelSource:
+    """`src`'s float stages quantised with onnxruntime (QDQ, export's scheme) on `calib`, into `folder`."""
+    from dataclasses import replace
+
+    from edgenas.export.quantize import array_reader_factory, quantize_stages, stage_calibration_inputs
+    paths = [st.path for st in src.stages]
+    int8 = quantize_stages(paths, array_reader_factory(stage_calibration_inputs(paths, calib)), folder)
+    return replace(src, stages=tuple(replace(st, path=p) for st, p in zip(src.stages, int8)))
 
 
 def _run_export(run: Path) -> Path:
@@ -256,13 +335,17 @@ def predicted_costs(src: ModelSource, target, dtype: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ compile
-def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str = "float32",
+def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str | None = None,
                 test_inputs: np.ndarray | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
-                build_board: bool = True, keep_failed: bool = False) -> FirmwareReport:
+                build_board: bool = True, keep_failed: bool = False, calib_data=None) -> FirmwareReport:
     """Build a firmware project in `out_dir` (replacing an earlier one atomically) and return its report.
 
     `model_or_run`: an export folder (exits.json + stage files), its model.onnx, a plain ONNX model (one stage), or
     a search run folder holding one exported candidate.
+
+    `dtype`: "float32", "int8" or None (int8 where the model carries int8: `default_dtype`). `calib_data` (an .npy
+    path, an array or a dataset spec) quantises the float stages here (onnxruntime, the export's scheme); the QDQ
+    stage files compiled are kept in the project (`stages_int8/`).
 
     Raises EdgenasError when the firmware exceeds the target's flash or RAM budget. Nothing is left behind then
     (nor on any other error), unless `keep_failed`: then the project, with its `firmware.json` size report, is
@@ -270,9 +353,12 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
     """
     from edgenas.compile import cdriver, firmware
     from edgenas.compile.outputs import OutputFolder, check_replaceable, check_target_kind, publish_project
+    from edgenas.compile.qdq import integer_report
 
     if codegen not in CODEGENS:
         raise EdgenasError(f"unknown codegen '{codegen}'", f"use one of {', '.join(CODEGENS)}")
+    if dtype is None:
+        dtype = default_dtype(Path(model_or_run), calib_data)
     if dtype not in DTYPES:
         raise EdgenasError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
     check_target_kind(target, ("mcu",), ", not an MCU",
@@ -283,11 +369,13 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
     firmware.require_newlib(gcc, firmware.cpu_flags(target))
     firmware.require_tool(firmware.SIZE)
 
-    src = load_model_source(Path(model_or_run), dtype)
+    if calib_data is not None and dtype != "int8":
+        raise EdgenasError("--calib-data quantises the model for an int8 build, but dtype is float32",
+                           "drop --calib-data, or compile with --dtype int8")
+    src = load_model_source(Path(model_or_run), "float32" if calib_data is not None else dtype)
+    calib = calibration_inputs(calib_data, src.input_shape) if calib_data is not None else None
     x = checked_test_inputs(test_inputs, src.input_shape)
-    if reference is None:
-        ref_logits, ref_exits = reference_outputs(src, x)
-    else:
+    if reference is not None:
         ref_logits = np.asarray(reference[0], np.float32).reshape(x.shape[0], -1)
         ref_exits = np.asarray(reference[1], np.int64).reshape(-1)
         if ref_logits.shape != (x.shape[0], src.n_classes) or ref_exits.shape != (x.shape[0],):
@@ -298,10 +386,17 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
     import onnx
     with OutputFolder(out_dir, keep_failed) as work:  # an unwritable out_dir fails here, before the long build
         tmp = work.tmp
+        summaries: dict = {}
+        if calib is not None:
+            with work.captured_log():
+                src = quantised_source(src, calib, tmp / "stages_int8")
+        if reference is None:
+            ref_logits, ref_exits = reference_outputs(src, x)
         with work.captured_log():
             programs, plan, pool = cdriver.driver_project(
                 [onnx.load(str(st.path)) for st in src.stages], src.stages, src.thresholds, src.n_classes,
-                src.input_shape, x, ref_logits, ref_exits, codegen, target.tvm_target, tmp)
+                src.input_shape, x, ref_logits, ref_exits, codegen, target.tvm_target, tmp, dtype=dtype,
+                integer_summary=summaries)
         for name, text in {"firmware.ld": firmware.linker_script(target, "qemu", firmware.STACK_BYTES),
                            "firmware-board.ld": firmware.linker_script(target, "board", firmware.STACK_BYTES),
                            "Makefile": firmware.makefile(target, codegen)}.items():
@@ -325,7 +420,9 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
             sizes=sizes.to_dict(), arena_bytes=plan.size, arena_peak_live_bytes=plan.peak_live_bytes,
             workspace_pool_bytes=pool, weight_bytes=weight_bytes,
             macs_per_exit=src.macs_per_exit or _macs_from_prediction(predicted), predicted=predicted,
-            n_test_inputs=int(x.shape[0]), fits=not excess, excess=excess)
+            n_test_inputs=int(x.shape[0]), fits=not excess, excess=excess,
+            logit_tolerance=logit_tolerance(src) if dtype == "int8" else LOGIT_TOLERANCE,
+            int8=integer_report(summaries) if dtype == "int8" else None)
         if excess and not keep_failed:
             raise EdgenasError(_too_big_message(target, sizes), "shrink the model (fewer channels or exits) or pick "
                                                                 "a larger target; --keep-failed keeps the project")
@@ -336,6 +433,25 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
                                                             f"larger target; kept in {out_dir} because --keep-failed "
                                                             f"(size report: {out_dir / REPORT_FILE})")
     return report
+
+
+def logit_tolerance(src: ModelSource) -> float:
+    """One quantisation step of the int8 logits (the largest scale of a DequantizeLinear producing an exit's
+    logits), at least LOGIT_TOLERANCE: how far an int8 build may differ from onnxruntime on the same QDQ model (a
+    requantisation tie rounded the other way). Logits of a float head keep the float tolerance."""
+    import onnx
+    from onnx import numpy_helper
+
+    step = LOGIT_TOLERANCE
+    for stage in src.stages:
+        model = onnx.load(str(stage.path))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        logits = model.graph.output[0 if stage.final else 1].name
+        for node in model.graph.node:
+            if node.op_type == "DequantizeLinear" and logits in node.output and node.input[1] in inits:
+                # one step, plus the float32 rounding of two dequantised values' difference
+                step = max(step, float(np.max(inits[node.input[1]])) * (1 + 1e-4))
+    return step
 
 
 def _build(work, target, codegen: str, variant: str) -> Path:

@@ -58,8 +58,37 @@ def total_params(g: CostGraph) -> int:
 
 
 def flash_bytes(g: CostGraph, bytes_per_param: int = 4, code_size_bytes: int = 0) -> int:
-    """Weights at the deployed width plus the target's allowance for runtime and driver code."""
-    return total_params(g) * bytes_per_param + code_size_bytes
+    """Weights at the deployed width plus the target's allowance for runtime and driver code (int8: plus what the
+    integer kernels keep beside the int8 weights, `int8_constant_bytes`)."""
+    extra = int8_constant_bytes(g) if bytes_per_param == 1 else 0
+    return total_params(g) * bytes_per_param + extra + code_size_bytes
+
+
+# What edgenas's integer kernels (edgenas.compile.int8_kernels) keep in flash beside one byte per parameter: per
+# output channel of a conv / dense layer an int32 bias (3 bytes more than counted) and a float32 requantisation
+# scale, weight rows padded to a multiple of 4 bytes (the SMLAD kernels read words; a depthwise k x k filter is
+# stored as int16 tap pairs, k * ceil(k / 2) words: 24 bytes for 3 x 3); per add two float32 tables of
+# 256 entries (the dequantised value of every int8 code). A windowed average pool's one table (1 KiB) is left out:
+# the cost graph does not tell average from max pooling, and such pools are rare in MCU networks.
+INT8_BYTES_PER_OUTPUT_CHANNEL = 4 + 3
+INT8_TABLE_BYTES = 256 * 4
+
+
+def int8_constant_bytes(g: CostGraph) -> int:
+    total = 0
+    for layer in g.layers:
+        if layer.kind in ("conv", "dwconv", "linear") and layer.out_shape:
+            c_out = layer.out_shape[0]
+            row = (layer.params - c_out) // max(c_out, 1)  # weights per output channel (params less the bias)
+            if layer.kind == "dwconv":  # k x k taps as int16 pairs per kernel row, k * ceil(k / 2) words
+                k = layer.kernel if layer.kernel > 1 else conv_kernel_size(layer)
+                padding = k * -(-k // 2) * 4 - row
+            else:
+                padding = (-row) % 4
+            total += c_out * (INT8_BYTES_PER_OUTPUT_CHANNEL + padding)
+        elif layer.kind == "add" and len(layer.inputs) == 2:
+            total += 2 * INT8_TABLE_BYTES
+    return total
 
 
 # ------------------------------------------------------------------------------------------------- MCU allowances
@@ -110,8 +139,12 @@ def kernel_code_bytes(g: CostGraph) -> int:
 
 
 def kernel_scratch_bytes(g: CostGraph, bytes_per_element: int = 4) -> int:
-    """Largest kernel scratch (the workspace pool): the zero-padded copy of a k x k conv's input (k > 1, padding
-    k // 2 on each side), which TVM's conv kernels build before convolving."""
+    """Largest kernel scratch (the workspace pool). fp32: the zero-padded copy of a k x k conv's input (k > 1,
+    padding k // 2 on each side), which TVM's conv kernels build before convolving. int8 (`bytes_per_element` 1):
+    the integer kernels' scratch that does not fit the 1 KiB stack allowance (TIR allocations below it are stack
+    arrays): a depthwise conv's one padded int16 channel plane (one column wider), a conv's two int16 im2col columns."""
+    if bytes_per_element == 1:
+        return int8_scratch_bytes(g)
     out = 0
     for layer in g.layers:
         if layer.kind in ("conv", "dwconv") and layer.in_shapes and len(layer.in_shapes[0]) == 3:
@@ -119,6 +152,26 @@ def kernel_scratch_bytes(g: CostGraph, bytes_per_element: int = 4) -> int:
             if k > 1:
                 c, h, w = layer.in_shapes[0]
                 out = max(out, c * (h + 2 * (k // 2)) * (w + 2 * (k // 2)) * bytes_per_element)
+    return out
+
+
+STACK_ALLOCA_BYTES = 1024  # TIR buffers below this size are stack arrays (edgenas.compile.lowering)
+
+
+def int8_scratch_bytes(g: CostGraph) -> int:
+    out = 0
+    for layer in g.layers:
+        if layer.kind not in ("conv", "dwconv") or not layer.in_shapes or len(layer.in_shapes[0]) != 3:
+            continue
+        c, h, w = layer.in_shapes[0]
+        k = layer.kernel if layer.kernel > 1 else conv_kernel_size(layer)
+        pad = 2 * (k // 2)
+        if layer.kind == "dwconv":
+            need = (h + pad) * (w + pad + 1) * 2
+        else:
+            need = 2 * 2 * -(-(c // max(layer.groups, 1)) * k * k // 4) * 4
+        if need >= STACK_ALLOCA_BYTES:
+            out = max(out, need)
     return out
 
 
@@ -373,8 +426,32 @@ def layer_cycles(layer: Layer, model, kind: str | None = None) -> float:
     return max(cycles, 0.0)
 
 
-def predict_latency(g: CostGraph, target) -> LatencyPrediction:
-    model = target.latency
+def latency_model_for(target, dtype: str | None = None):
+    """The latency model that predicts `dtype` on `target`: the target's model of that dtype (Target.latency_for),
+    else its [latency] model, whose `dtype` then says what was used (an int8 prediction of a target without an
+    int8 model is an fp32 prediction: LatencyPrediction.dtype / CostReport.latency_dtype say so). None: [latency]."""
+    if dtype is None:
+        return target.latency
+    if dtype not in BYTES_PER_ELEMENT:
+        raise EdgenasError(f"unknown dtype '{dtype}'", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
+    latency_for = getattr(target, "latency_for", None)
+    own = latency_for(dtype) if latency_for is not None else None
+    return own if own is not None else target.latency
+
+
+def latency_fallback_note(requested: str, used: str) -> str:
+    """The line to show when a prediction of `requested` dtype used the `used` dtype's model ("" when they agree)."""
+    if requested == used:
+        return ""
+    short = {"float32": "fp32"}
+    return f"{requested} latency not calibrated for this target; {short.get(used, used)} model used"
+
+
+def predict_latency(g: CostGraph, target, dtype: str | None = None) -> LatencyPrediction:
+    """Predicted seconds per layer and per exit. dtype: the arithmetic deployed ("float32" or "int8"); its own
+    latency model when the target has one, else the [latency] model (latency_model_for; the prediction's `dtype`
+    is the model's). None: the [latency] model."""
+    model = latency_model_for(target, dtype)
     kinds = latency_kinds(g, getattr(model, "channel_block", 1))
     cycles = [layer_cycles(layer, model, kind) for layer, kind in zip(g.layers, kinds)]
     cumulative = _per_exit(g, cycles)
@@ -391,12 +468,14 @@ def expected_latency_s(pred: LatencyPrediction, exit_rates: Sequence[float]) -> 
     return float(sum(r * s for r, s in zip(rates, pred.per_exit_s)))
 
 
-def layer_table(g: CostGraph, target) -> list[dict]:
-    """One JSON-ready row per layer (what `edgenas analyze` prints): where it runs, its size and predicted time."""
-    pred = predict_latency(g, target)
-    width = BYTES_PER_ELEMENT[target.latency.dtype]
+def layer_table(g: CostGraph, target, dtype: str | None = None) -> list[dict]:
+    """One JSON-ready row per layer (what `edgenas analyze` prints): where it runs, its size and predicted time, by
+    the latency model of `dtype` (latency_model_for; bytes at that model's dtype)."""
+    model = latency_model_for(target, dtype)
+    pred = predict_latency(g, target, dtype)
+    width = BYTES_PER_ELEMENT[model.dtype]
     live = sram_timeline(g, width)
-    kinds = latency_kinds(g, target.latency.channel_block)
+    kinds = latency_kinds(g, model.channel_block)
     rows = []
     for layer, cycles, seconds, live_bytes, lkind in zip(g.layers, pred.layer_cycles, pred.layer_s, live, kinds):
         _, _, b_in, b_out, b_w = layer_features(layer, width)[:len(FEATURES)]
@@ -424,6 +503,13 @@ class CostReport:
     flash_bytes_int8: int
     latency_per_exit_s: tuple[float, ...]
     latency_interval: tuple[float, float] | None = None  # the latency model's 90 % interval, ratios (None: none)
+    latency_dtype: str = "float32"   # the dtype of the latency model used: `dtype` unless the target has no model of
+    #                                  it (int8 without [latency_int8]: the fp32 model predicted; latency_note says so)
+
+    @property
+    def latency_note(self) -> str:
+        """"" when the latency figures are of `dtype`, else the line saying which model they come from."""
+        return latency_fallback_note(self.dtype, self.latency_dtype)
 
     @property
     def macs_worst(self) -> int:
@@ -437,12 +523,15 @@ class CostReport:
         """JSON-ready figures (tuples become lists)."""
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         out.update(macs_worst=self.macs_worst, latency_worst_s=self.latency_worst_s,
+                   latency_note=self.latency_note or None,
                    latency_interval_per_exit_s=None if self.latency_interval is None else
                    [list(latency_interval(s, self.latency_interval)) for s in self.latency_per_exit_s])
         return out
 
 
 def analyze(g: CostGraph, target, dtype: str = "float32") -> CostReport:
+    """Every cost figure at `dtype`; latency by the target's model of `dtype`, or its fp32 model marked as such
+    (CostReport.latency_dtype / latency_note) when it has none."""
     if dtype not in BYTES_PER_ELEMENT:
         raise EdgenasError(f"unknown dtype '{dtype}'", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
     width = BYTES_PER_ELEMENT[dtype]
@@ -451,6 +540,8 @@ def analyze(g: CostGraph, target, dtype: str = "float32") -> CostReport:
     code, ram = runtime_allowances(g, target, width)
     code8, ram8 = runtime_allowances(g, target, 1)
     code32, _ = runtime_allowances(g, target, 4)
+    model = latency_model_for(target, dtype)
+    pred = predict_latency(g, target, dtype)
     return CostReport(
         target=target.name, dtype=dtype, n_exits=g.n_exits, macs_per_exit=tuple(macs_per_exit(g)),
         params=total_params(g), activation_sram_bytes=act,
@@ -459,8 +550,8 @@ def analyze(g: CostGraph, target, dtype: str = "float32") -> CostReport:
         flash_bytes=flash_bytes(g, width, target.code_size_bytes + code),
         flash_bytes_fp32=flash_bytes(g, 4, target.code_size_bytes + code32),
         flash_bytes_int8=flash_bytes(g, 1, target.code_size_bytes + code8),
-        latency_per_exit_s=predict_latency(g, target).per_exit_s,
-        latency_interval=getattr(target.latency, "interval", None))
+        latency_per_exit_s=pred.per_exit_s, latency_interval=getattr(model, "interval", None),
+        latency_dtype=pred.dtype)
 
 
 def near_edge(value: float, limit: float | None, interval: tuple[float, float] | None) -> bool:

@@ -21,6 +21,10 @@ Per-layer and end-to-end sources mix; repeated measurements of one model are agg
 spread is the noise floor reported with the calibration, and repeats far from their median are flagged. A CSV may
 carry a `threads` column: one thread count is calibrated at a time (`threads`).
 
+One dtype is calibrated at a time (`dtype`): "float32" fits the target's [latency] model, "int8" its [latency_int8]
+model (features count int8 bytes; a target without an int8 model starts from its fp32 one, whose coefficients
+survive only for kinds the measurements lack, as the provenance notes say). The other table is left untouched.
+
 Fit (edgenas.cost.fitting): every model family (macs-only, per-kind, per-kind-shape, boosted-trees) is fitted and
 cross-validated (K folds over models: a model's observations never straddle folds); the family with the best
 held-out figures for the objective is written, never one worse than MACs-only (then MACs-only is written and the
@@ -56,7 +60,8 @@ from edgenas.cost.measurements import (PROFILE_FORMAT, Measurements, ModelTotal,
                                        graph_features, read_csv, read_measurements, read_ort_profile,
                                        read_profile_json)
 from edgenas.errors import EdgenasError
-from edgenas.targets import ENGINE_NAMES, LATENCY_FAMILIES, LATENCY_RUNTIMES, engine_of
+from edgenas.targets import (ENGINE_NAMES, LATENCY_DTYPES, LATENCY_FAMILIES, LATENCY_RUNTIMES, LATENCY_SECTIONS,
+                             engine_of)
 from edgenas.fileio import atomic_write_text, json_finite, missing_folders, remove_created
 
 __all__ = [  # the calibration API: this module's own names and those of the modules it is built from
@@ -118,6 +123,8 @@ class Calibration:
     repeated_models: int = 0
     outliers: tuple[str, ...] = ()
     runtime_version: str = ""   # provenance text (e.g. "onnxruntime 1.32 CPU")
+    dtype: str = "float32"      # the arithmetic calibrated (LATENCY_DTYPES)
+    section: str = "latency"    # the override's table holding the model ([latency] or [latency_int8])
 
     def to_dict(self) -> dict:
         """What `summary` says, as JSON values (`calibrate --json`); NaN (e.g. Kendall tau of constant
@@ -125,7 +132,8 @@ class Calibration:
         from edgenas.targets import latency_to_dict
 
         latency = latency_to_dict(self.latency)
-        return json_finite({"target": self.target, "n_models": self.n_models, "n_observations": self.n_observations,
+        return json_finite({"target": self.target, "dtype": self.dtype, "section": self.section,
+                      "n_models": self.n_models, "n_observations": self.n_observations,
                       "sources": list(self.sources), "device": self.device, "runtime": self.runtime,
                       "runtime_version": self.runtime_version, "threads": self.threads,
                       "family": self.family, "objective": self.objective, "fallback": self.fallback or None,
@@ -138,8 +146,8 @@ class Calibration:
 
     def summary(self) -> str:
         engine = ENGINE_NAMES.get(self.runtime, "unknown engine")
-        lines = [f"calibrated '{self.target}' for {engine} on {self.n_models} models ({self.n_observations} "
-                 f"observations; device: {self.device or 'unknown'}, runtime: {self.runtime_version or 'unknown'}, "
+        lines = [f"calibrated the {self.dtype} latency model [{self.section}] of '{self.target}' for {engine} on "
+                 f"{self.n_models} models ({self.n_observations} observations; device: {self.device or 'unknown'}, runtime: {self.runtime_version or 'unknown'}, "
                  f"threads: {self.threads or 'unknown'}); channel block {self.channel_block}"]
         if self.noise_floor is not None:
             lines.append(f"noise floor: {100 * self.noise_floor:.1f}% (median deviation of repeated measurements, "
@@ -228,7 +236,7 @@ def _selection_record(sel: Selection, cv: dict, noise_floor: float | None, n_mod
 def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "", threads: int | None = None,
               name: str | None = None, extends: str | None = None, k: int = 5,
               channel_block: int | None = None, families: Sequence[str] | None = None, objective: str = "both",
-              runtime_version: str = "") -> Calibration:
+              runtime_version: str = "", dtype: str = "float32", notes: str = "") -> Calibration:
     """Fit `target`'s latency model (a loaded edgenas.targets.Target) from measurement files; nothing is written.
 
     families: the LATENCY_FAMILIES to consider (default all); the one with the best cross-validated figures for
@@ -237,9 +245,23 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
     padding (LatencyModel.channel_block); None: the candidates CHANNEL_BLOCKS and the target's own are each tried
     and the best pair (family, block) kept. runtime: the engine measured ("ort" or "tvm"; "" = named by the
     profiles' runtime text, if they name one). threads: the thread count calibrated (selects CSV rows). Measurements
-    of fewer than MIN_DISTINCT_MODELS distinct models are refused, as is a name check_target_name refuses."""
+    of fewer than MIN_DISTINCT_MODELS distinct models are refused, as is a name check_target_name refuses.
+    dtype: the arithmetic measured ("float32": the [latency] model; "int8": [latency_int8], see the module text);
+    notes: free text appended to the provenance entry's notes (e.g. the firmware's kernel flavour)."""
+    from dataclasses import replace
+
+    from edgenas import __version__
     from edgenas.targets import Provenance, check_target_name, latency_override_toml
 
+    if dtype not in LATENCY_DTYPES:
+        raise EdgenasError(f"unknown dtype '{dtype}'", f"use one of {', '.join(LATENCY_DTYPES)}")
+    # the model refitted: the target's own of this dtype, else (int8 on a target with only [latency]) its fp32
+    # model as the starting point, relabelled
+    base_model = target.latency_for(dtype)
+    seeded_from_fp32 = base_model is None
+    if seeded_from_fp32:
+        base_model = replace(target.latency, dtype=dtype)
+    section = "latency" if target.latency.dtype == dtype else LATENCY_SECTIONS[dtype]
     new_name = check_target_name(name or f"{target.name}-calibrated", "calibrated target name")
     if runtime and runtime not in LATENCY_RUNTIMES:
         raise EdgenasError(f"runtime '{runtime}' is not an engine edgenas calibrates for",
@@ -251,9 +273,9 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
                            f"use some of {', '.join(LATENCY_FAMILIES)}")
     if objective not in OBJECTIVES:
         raise EdgenasError(f"unknown selection objective '{objective}'", f"use one of {', '.join(OBJECTIVES)}")
-    bpe = BYTES_PER_ELEMENT[target.latency.dtype]
-    per_exit_s = target.latency.per_exit_cycles / target.clock_hz
-    own = target.latency.channel_block
+    bpe = BYTES_PER_ELEMENT[dtype]
+    per_exit_s = base_model.per_exit_cycles / target.clock_hz
+    own = base_model.channel_block
     candidates = [channel_block] if channel_block is not None else sorted({own, *CHANNEL_BLOCKS})
     if families == ["macs-only"]:
         candidates = [1]  # plain MACs: the block changes nothing
@@ -304,28 +326,34 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
     runtime_version = runtime_version or meas.runtime
     runtime = runtime or engine_of(runtime_version)
     threads = threads or meas.threads
-    model = latency_model(fitted, target.latency, target.clock_hz, block, runtime, interval, selection,
+    model = latency_model(fitted, base_model, target.clock_hz, block, runtime, interval, selection,
                           folds and family != "macs-only")
     chosen = f" (chosen by cross-validation among {', '.join(map(str, sorted(tried)))})" if len(tried) > 1 else ""
-    notes = (f"fitted by edgenas calibrate: family {family}"
-             + (f" (fell back: {sel.fallback})" if sel is not None and sel.fallback else
-                f" (chosen by {cv['folds']}-fold CV for objective {objective})" if sel is not None else "")
-             + f", {len(meas.observations)} observations from {n_models} models ({', '.join(sorted(fitted.kinds))});"
-             f" channels padded to a multiple of {model.channel_block}{chosen}"
-             f"{'; folded constant operands cost nothing (chosen by CV)' if model.folds_zero_ops else ''}"
-             "; per_exit_cycles kept from the base.")
+    record = (f"fitted by edgenas {__version__} calibrate, {dtype} [{section}]: family {family}"
+              + (f" (fell back: {sel.fallback})" if sel is not None and sel.fallback else
+                 f" (chosen by {cv['folds']}-fold CV for objective {objective})" if sel is not None else "")
+              + f", {len(meas.observations)} observations from {n_models} models ({', '.join(sorted(fitted.kinds))});"
+              f" channels padded to a multiple of {model.channel_block}{chosen}"
+              f"{'; folded constant operands cost nothing (chosen by CV)' if model.folds_zero_ops else ''}"
+              "; per_exit_cycles kept from the base.")
+    inherited = sorted(set(base_model.kinds) - set(fitted.kinds)) if family != "macs-only" else []
+    if seeded_from_fp32 and inherited:
+        record += (f" No {dtype} model in the base: kinds not measured ({', '.join(inherited)}) keep its "
+                   f"{target.latency.dtype} coefficients.")
     if cv is not None:
         m, b = cv["model"], cv["macs_only"]
-        notes += (f" {cv['folds']}-fold CV on held-out models: {m['within_10pct']:.1f}% within +-10%, "
-                  f"{m['within_5pct']:.1f}% within +-5%, Kendall tau {m['kendall_tau']:.3f} (MACs-only baseline: "
-                  f"{b['within_10pct']:.1f}% / {b['within_5pct']:.1f}% / {b['kendall_tau']:.3f}).")
-    notes += (f" Noise floor {100 * meas.noise_floor:.1f}% ({meas.repeated_models} repeated models)."
-              if meas.noise_floor is not None else " Noise floor unknown (no repeated measurements).")
+        record += (f" {cv['folds']}-fold CV on held-out models: {m['within_10pct']:.1f}% within +-10%, "
+                   f"{m['within_5pct']:.1f}% within +-5%, Kendall tau {m['kendall_tau']:.3f} (MACs-only baseline: "
+                   f"{b['within_10pct']:.1f}% / {b['within_5pct']:.1f}% / {b['kendall_tau']:.3f}).")
+    record += (f" Noise floor {100 * meas.noise_floor:.1f}% ({meas.repeated_models} repeated models)."
+               if meas.noise_floor is not None else " Noise floor unknown (no repeated measurements).")
+    if notes:
+        record += f" {notes}"
     prov = Provenance(source=f"edgenas calibrate on {n_models} models: {', '.join(meas.sources)}"[:500],
                       measured_on=device or "unknown device",
                       runtime=f"{runtime_version or 'unknown runtime'}, {threads or 'unknown'} thread(s)",
-                      date=date.today().isoformat(), notes=notes)
-    text = latency_override_toml(extends or target.name, new_name, model, [prov])
+                      date=date.today().isoformat(), notes=record)
+    text = latency_override_toml(extends or target.name, new_name, model, [prov], section=section)
     return Calibration(target=target.name, latency=model, fit=fitted, cv=cv, n_models=n_models,
                        n_observations=len(meas.observations), sources=tuple(meas.sources), device=device,
                        runtime=runtime, threads=threads, toml=text, channel_block=model.channel_block,
@@ -333,7 +361,7 @@ def calibrate(target, sources: Sequence[str], device: str = "", runtime: str = "
                        family_cv=dict(cv["families"]) if cv is not None else {},
                        fallback=sel.fallback if sel is not None else "", objective=objective, interval=interval,
                        noise_floor=meas.noise_floor, repeated_models=meas.repeated_models,
-                       outliers=tuple(meas.outliers), runtime_version=runtime_version)
+                       outliers=tuple(meas.outliers), runtime_version=runtime_version, dtype=dtype, section=section)
 
 
 def write_override(cal: Calibration, out: Path) -> Path:

@@ -44,7 +44,7 @@ def summarize(report: HarnessReport, reference: Mapping, firmware: Mapping, targ
     # a LOGITS line without values compares as infinitely far (as its per-input difference says)
     logits = np.asarray([r.logits or (np.inf,) * ref_logits.shape[1] for r in runs], dtype=np.float64)
     ag = agreement(logits, [r.exit for r in runs], ref_logits[[r.index for r in runs]],
-                   ref_exits[[r.index for r in runs]])
+                   ref_exits[[r.index for r in runs]], firmware.get("logit_tolerance", LOGIT_TOLERANCE))
     macs = firmware.get("macs_per_exit")
     per_exit, per_stage = {}, {}
     for r in runs:
@@ -71,7 +71,7 @@ def summarize(report: HarnessReport, reference: Mapping, firmware: Mapping, targ
                        "max_abs_diff": d} for r, d in zip(runs, diffs)],
         "check": {"exit_agreement": ag.exit_agreement if runs else 0.0,
                   "max_abs_diff": ag.max_abs_diff,
-                  "tolerance": LOGIT_TOLERANCE,
+                  "tolerance": ag.tolerance,
                   "kernel_errors": sum(1 for r in runs if r.rc != 0),
                   "passed": ag.passed and all(r.rc == 0 for r in runs)},
         "exits_exercised": sorted(int(e) for e in per_exit),

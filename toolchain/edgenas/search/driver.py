@@ -8,7 +8,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,10 @@ import numpy as np
 from edgenas.errors import EdgenasError
 from edgenas.fileio import missing_folders
 from edgenas.runtime import JOB_THREADS, torch_threads
-from edgenas.search.evaluate import EvaluationConfig
+from edgenas.search.evaluate import EvaluationConfig, latency_dtype_note, resolve_dtype
 from edgenas.search.executors import ExecutorConfig, open_executor, timed_record
 from edgenas.search.flatnas import FlatnasConfig
+from edgenas.search.int8 import INT8, score_members_int8
 from edgenas.search.nsga2 import run_nsga2
 from edgenas.search.pareto import choose_best, closest_misses, hypervolume_2d, pareto_members
 from edgenas.search.finetune import member_view
@@ -117,15 +118,21 @@ def target_and_budgets(cfg: SearchConfig):
     return target, target.budgets
 
 
-def check_budgets_reachable(space, target, budgets, in_channels: int, n_classes: int) -> None:
-    """Fail fast, before any training, when even the smallest network of the space cannot fit."""
+def with_resolved_dtype(cfg: SearchConfig, target) -> SearchConfig:
+    """cfg with evaluation.dtype set (None: the target's deployment dtype), as config.json records it."""
+    return replace(cfg, evaluation=replace(cfg.evaluation, dtype=resolve_dtype(cfg.evaluation.dtype, target)))
+
+
+def check_budgets_reachable(space, target, budgets, in_channels: int, n_classes: int,
+                            dtype: str = "float32") -> None:
+    """Fail fast, before any training, when even the smallest network of the space cannot fit (bytes at `dtype`)."""
     from edgenas import cost
     smallest = space.build_empty(space.smallest(exits=False), in_channels, n_classes)
     graph = cost.from_torch(smallest)
-    report = cost.analyze(graph, target)
-    lat = cost.predict_latency(graph, target).per_exit_s[-1]
+    report = cost.analyze(graph, target, dtype)
+    lat = cost.predict_latency(graph, target, dtype).per_exit_s[-1]
     first_exit = space.build_empty(space.smallest(exits=True), in_channels, n_classes)
-    lat_floor = min(lat, cost.predict_latency(cost.from_torch(first_exit), target).per_exit_s[0])
+    lat_floor = min(lat, cost.predict_latency(cost.from_torch(first_exit), target, dtype).per_exit_s[0])
     misses = []
     if budgets.sram_bytes is not None and report.peak_sram_bytes > budgets.sram_bytes:
         misses.append(f"SRAM {report.peak_sram_bytes / 1024:.1f} KiB > budget {budgets.sram_bytes / 1024:.1f} KiB")
@@ -149,6 +156,17 @@ def _prepare_folder(folder: RunFolder, cfg: SearchConfig, resume: bool, ui) -> l
                                "pass --resume to continue it, or choose another --out")
         saved = dict(folder.read_config())
         saved.pop("versions", None)
+        # runs written before --dtype existed counted float32 bytes (their config says "float32"); a config written
+        # by hand may say None, the target's dtype: cfg's when the targets agree (if not, the check below refuses)
+        saved_eval = saved.get("evaluation")
+        saved_dtype = saved_eval.get("dtype", "float32") if isinstance(saved_eval, dict) else "float32"
+        saved_dtype = saved_dtype or cfg.evaluation.dtype
+        if isinstance(saved_eval, dict):
+            saved["evaluation"] = {**saved_eval, "dtype": saved_dtype}
+        if saved_dtype != cfg.evaluation.dtype:
+            raise EdgenasError(f"--resume with --dtype {cfg.evaluation.dtype}, but the run in {folder.path} was "
+                               f"searched in {saved_dtype} (its budgets count {saved_dtype} bytes)",
+                               f"resume with --dtype {saved_dtype}, or start a new run with another --out")
         if saved != cfg.to_dict():
             diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
             raise EdgenasError(f"--resume with settings that differ from the run in {folder.path}: {', '.join(diff)}",
@@ -173,7 +191,7 @@ def _opened_folder(folder: RunFolder, cfg: SearchConfig, resume: bool, ui):
         with folder.locked():
             if created is not None:
                 folder.write_json(CONFIG, {**cfg.to_dict(), "versions": versions()})
-            for name in (ARCHIVE, FINETUNED):
+            for name in (ARCHIVE, FINETUNED, INT8):
                 cut = folder.cut_torn_tail(name)
                 if cut:
                     ui.note(f"{folder.file(name)}: cut its torn last line ({cut} bytes, written when a search was "
@@ -235,9 +253,10 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, ui=None
         raise EdgenasError(f"unknown finetune_members '{cfg.finetune_members}'", "use 'best' or 'all'")
     t0 = time.time()
     target, budgets = target_and_budgets(cfg)
+    cfg = with_resolved_dtype(cfg, target)
     data = load_dataset(cfg.dataset)
     space = create_space(cfg.space)
-    check_budgets_reachable(space, target, budgets, data.in_channels, data.n_classes)
+    check_budgets_reachable(space, target, budgets, data.in_channels, data.n_classes, cfg.evaluation.dtype)
     folder = RunFolder(out)
     with _opened_folder(folder, cfg, resume, ui):
         return _search_in_folder(folder, cfg, method, target, budgets, data, space, ui, executor, device, t0)
@@ -254,6 +273,13 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
     folder.read_archive(FINETUNED)
     torch.manual_seed(cfg.seed)
     supernet = load_or_train_supernet(folder, space, data, cfg, ui, device)
+    # said once the folder and its files are accepted (a refused run prints its one error line only)
+    ui.note(f"dtype {cfg.evaluation.dtype}: the SRAM and flash budgets count {cfg.evaluation.dtype} bytes"
+            + (", and the Pareto members are also scored after int8 post-training quantisation"
+               if cfg.evaluation.dtype == "int8" else ""))
+    note = latency_dtype_note(cfg.evaluation.dtype, target)
+    if note:
+        ui.note(note)
     evaluator = method.make_evaluator(space, supernet, data, target, budgets, cfg, device=device)
 
     cache = {r["key"]: r for r in records}
@@ -301,9 +327,12 @@ def _search_in_folder(folder: RunFolder, cfg: SearchConfig, method, target, budg
     # (a --resume, e.g. the next `make demo`) fine-tunes the rest
     only_best = cfg.finetune_members == "best" and new > 0
     members = prepare_members(folder, space, method, evaluator, members, data, cfg, ui, executor, device, only_best)
+    if cfg.evaluation.dtype == "int8":
+        members = score_members_int8(folder, members, data, ui)
     folder.write_json(PARETO, {"members": [m["id"] for m in members], "hypervolume": hv,
                                "hypervolume_reference": list(ref), "objectives": list(method.objective_names),
-                               "method": method.name, "weights": "finetuned" if cfg.finetune.steps > 0 else "inherited"})
+                               "method": method.name, "weights": "finetuned" if cfg.finetune.steps > 0 else "inherited",
+                               "dtype": cfg.evaluation.dtype})
     write_pareto_plot(folder.file("pareto.png"), records, members, budgets, target.name)
     write_report(folder.file("report.md"), cfg, target, budgets, records, members, hv)
     result = SearchResult(folder.path, records, members, hv, time.time() - t0, len(records), new)

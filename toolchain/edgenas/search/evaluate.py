@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from edgenas import cost, runtime
+from edgenas.cost import latency_fallback_note, latency_model_for
+from edgenas.errors import EdgenasError
 from edgenas.nn.early_exit import deployed_network
 from edgenas.stats import accuracy_interval
 from edgenas.train.bn import recalibrate_bn
@@ -32,7 +34,36 @@ class EvaluationConfig:
     bn_batches: int = 8
     max_accuracy_drop: float = 0.01   # the most accuracy the exits may cost against the final exit ...
     risk_delta: float = RISK_DELTA    # ... certified with probability >= 1 - risk_delta (train/thresholds.py)
-    dtype: str = "float32"
+    # the arithmetic the network deploys in: the budgets count its bytes, and "int8" also scores the Pareto members
+    # after post-training quantisation (search/int8.py). None: the target's (deployment_dtype)
+    dtype: str | None = None
+
+
+DTYPES = ("float32", "int8")
+
+
+def deployment_dtype(target) -> str:
+    """What a target runs by default: int8 on microcontrollers (kind "mcu"), as TFLite Micro, CMSIS-NN and X-CUBE-AI
+    deploy, float32 elsewhere."""
+    return "int8" if target.kind == "mcu" else "float32"
+
+
+def resolve_dtype(dtype: str | None, target) -> str:
+    """`dtype`, or the target's deployment_dtype when None; an unknown value is an EdgenasError."""
+    if dtype is None:
+        return deployment_dtype(target)
+    if dtype not in DTYPES:
+        raise EdgenasError(f"unknown dtype '{dtype}'", f"use --dtype {' or '.join(DTYPES)}")
+    return dtype
+
+
+def latency_dtype_note(dtype: str, target) -> str | None:
+    """What to say when the latency figures are not of `dtype`: the target has no latency model of it, so
+    cost.predict_latency used its [latency] model (latency_model_for); None when they are."""
+    used = latency_model_for(target, dtype).dtype
+    note = latency_fallback_note(dtype, used)
+    return (f"{target.name}: {note}: the latency figures and the latency budget are {used} kernel predictions"
+            if note else None)
 
 
 def candidate_seed(run_seed: int, key: str) -> int:
@@ -158,11 +189,13 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     Runs on the net's device (data anywhere); the deployed net is on that device too."""
     net.eval()
     t = target
+    dtype = resolve_dtype(config.dtype, t)
+    latency_model = latency_model_for(t, dtype)  # the target's model of dtype, else its [latency] one
     full_graph = cost_graph(net)
-    lat = cost.predict_latency(full_graph, t)
+    lat = cost.predict_latency(full_graph, t, dtype)
     backbone_s, head_s = per_exit_costs(full_graph, lat.layer_s)
-    backbone_s = [b + t.latency.per_inference_cycles / t.clock_hz for b in backbone_s]
-    per_exit_s = t.latency.per_exit_cycles / t.clock_hz
+    backbone_s = [b + latency_model.per_inference_cycles / t.clock_hz for b in backbone_s]
+    per_exit_s = latency_model.per_exit_cycles / t.clock_hz
 
     feats = {name: exit_features(net, getattr(data, name).x) for name in ("val", "test")}
     feats["train"], y_head = head_training_features(net, data, config.exits)
@@ -193,10 +226,12 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
     graph = cost_graph(deployed)
     val_rates = [policy.exit_rates[i] for i in keep]
     test_rates_kept = [float(test_rates[i]) for i in keep]
-    report = cost.analyze(graph, t)
+    report = cost.analyze(graph, t, dtype)
     macs_per_exit = [int(m) for m in report.macs_per_exit]
     latency_per_exit = [float(v) for v in report.latency_per_exit_s]
     return deployed, {
+        "dtype": dtype,  # of peak_sram_bytes and flash_bytes, which the budgets check
+        "latency_model_dtype": report.latency_dtype,  # of every latency figure: dtype's, or [latency]'s without one
         "active_exits": [bool(a) for a in policy.active],
         "n_exits": len(keep),
         "truncated_after_exit": truncated,
@@ -223,6 +258,7 @@ def fit_exit_policy(net, data, target, budgets, config: EvaluationConfig, seed: 
         "peak_sram_bytes_int8": int(report.peak_sram_bytes_int8),
         "flash_bytes": int(report.flash_bytes),
         "flash_bytes_int8": int(report.flash_bytes_int8),
+        "flash_bytes_fp32": int(report.flash_bytes_fp32),
         "latency_per_exit_s": latency_per_exit,
         "latency_worst_s": latency_per_exit[-1],
         "latency_expected_s": float(np.dot(val_rates, latency_per_exit)),

@@ -22,6 +22,9 @@ class Nsga2Options(ExecutorOptions):
                                         "inherited weights).", type=int)
     finetune_members: str | None = option("nachos/flatnas: best (default): fine-tune the member `export --best` takes now, the rest "
                                           "on --resume; all: every member now.", choices=("best", "all"))
+    dtype: str | None = option("nachos/flatnas: arithmetic the network deploys in: the SRAM/flash budgets count its bytes, and int8 "
+                               "also scores the Pareto members after post-training quantisation (default: int8 on MCU "
+                               "targets (kind mcu), float32 on the others).", choices=("float32", "int8"))
     # library use: a SearchConfig with every setting (the options above and the problem then change its fields)
     config: object | None = option("", cli=False)
 
@@ -60,6 +63,8 @@ class Nsga2Method:
             cfg = replace(cfg, finetune=replace(cfg.finetune, steps=opts.finetune_steps))
         if opts.finetune_members is not None:
             cfg = replace(cfg, finetune_members=opts.finetune_members)
+        if opts.dtype is not None:  # None keeps the config's (None there: the target's, resolved by run_search)
+            cfg = replace(cfg, evaluation=replace(cfg.evaluation, dtype=opts.dtype))
         for name, value in (("--pop-size", cfg.pop_size), ("--generations", cfg.n_gen),
                             ("--supernet-steps", cfg.supernet.steps)):
             if value < 1:

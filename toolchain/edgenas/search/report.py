@@ -12,10 +12,14 @@ def _kib(n) -> str:
     return f"{n / 1024:.1f}"
 
 
-def accuracy_cell(record: dict, split: str) -> str:
-    """e.g. "97.2 [96.1, 98.0]": the accuracy on `split` in % with its 95 % Clopper-Pearson interval, when recorded."""
-    text = f"{record[f'{split}_accuracy'] * 100:.1f}"
-    ci = record.get(f"{split}_accuracy_ci")  # absent in runs that predate the intervals and in ZO-DARTS+ no-exit runs
+def accuracy_cell(record: dict, split: str, dtype: str = "") -> str:
+    """e.g. "97.2 [96.1, 98.0]": the accuracy on `split` in % with its 95 % Clopper-Pearson interval, when recorded.
+    dtype "int8": the accuracy after post-training quantisation ("-" when the record has none: a float32 run)."""
+    suffix = "_int8" if dtype == "int8" else ""
+    if f"{split}_accuracy{suffix}" not in record:
+        return "-"
+    text = f"{record[f'{split}_accuracy{suffix}'] * 100:.1f}"
+    ci = record.get(f"{split}_accuracy{suffix}_ci")  # absent in runs that predate the intervals and in ZO-DARTS+ no-exit runs
     return text if ci is None else f"{text} [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]"
 
 
@@ -41,7 +45,9 @@ def latency_cell(record: dict, latency_budget_s: float | None = None) -> str:
 def member_rows(members: list[dict], latency_budget_s: float | None = None) -> list[list[str]]:
     rows = []
     for r in members:
-        rows.append([str(r["id"]), accuracy_cell(r, "test"), accuracy_cell(r, "val"),
+        rows.append([str(r["id"]), accuracy_cell(r, "test"), accuracy_cell(r, "test", "int8"),
+                     "-" if "test_exit_agreement_int8" not in r else f"{r['test_exit_agreement_int8'] * 100:.1f}",
+                     accuracy_cell(r, "val"),
                      f"{inherited(r)['test_accuracy'] * 100:.1f}" if "inherited" in r else "-",
                      str(r["n_exits"]), " / ".join(f"{v * 100:.0f}" for v in r["test_exit_rates"]),
                      f"{r['macs_expected'] / 1e6:.3f}", f"{r['macs_worst'] / 1e6:.3f}",
@@ -50,7 +56,7 @@ def member_rows(members: list[dict], latency_budget_s: float | None = None) -> l
     return rows
 
 
-HEADER = ["id", "test acc % [95% CI]", "val acc % [95% CI]", "inherited test acc %", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
+HEADER = ["id", "fp32 test acc % [95% CI]", "int8 test acc % [95% CI]", "int8 same exit %", "val acc % [95% CI]", "inherited test acc %", "exits", "test exit rates %", "E[MACs] M", "worst MACs M",
           "E[lat] ms [90% PI]", "worst lat ms", "SRAM KiB", "flash KiB", "architecture"]
 
 
@@ -63,10 +69,11 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
              f"SRAM {fmt(budgets.sram_bytes and _kib(budgets.sram_bytes), ' KiB')}, "
              f"flash {fmt(budgets.flash_bytes and _kib(budgets.flash_bytes), ' KiB')}, "
              f"min accuracy {fmt(budgets.min_accuracy, '')}",
+             dtype_note(cfg, target),
              f"- evaluated candidates: {len(records)} ({sum(r['feasible'] for r in records)} within budgets)",
              f"- Pareto members: {len(members)}; hypervolume (error x latency/budget): {hv:.4f}",
              "- latency is the target cost model's prediction (see the target's provenance), not a measurement;",
-             latency_model_note(target),
+             latency_model_note(target, cfg.evaluation.dtype),
              "  expected values use validation exit rates and count every head evaluated before the exit taken;",
              "  accuracy is on the held-out test split, never used for selection; brackets are 95 % Clopper-Pearson",
              "  intervals: members whose intervals overlap are not told apart by this test split"
@@ -81,11 +88,31 @@ def write_report(path: Path, cfg, target, budgets, records: list[dict], members:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def latency_model_note(target) -> str:
-    """What the report says of the latency model: its family and calibration, or that it is not calibrated."""
+def dtype_note(cfg, target) -> str:
+    """Which dtype the budgets count, how int8 accuracy was measured, and whether the latency model is of that dtype."""
+    from edgenas.search.evaluate import latency_dtype_note
+    dtype = cfg.evaluation.dtype or "float32"
+    lines = [f"- dtype: {dtype}: the SRAM and flash budgets count {dtype} bytes (weights and activations)"]
+    if dtype == "int8":
+        lines.append("  \"int8 test acc\" is the early-exit accuracy after post-training quantisation as "
+                     "`edgenas export` quantises (QDQ int8, MinMax on 256 train images, confidence path float), with "
+                     "the fp32 thresholds; \"int8 same exit\" the share of test images leaving at the same exit as in "
+                     "fp32; the search ranks by fp32 validation accuracy")
+    else:
+        lines.append("  int8 accuracy not measured (--dtype int8 measures it)")
+    note = latency_dtype_note(dtype, target)
+    if note:
+        lines.append(f"  {note}")
+    return "\n".join(lines)
+
+
+def latency_model_note(target, dtype: str | None = None) -> str:
+    """What the report says of the latency model that predicted `dtype` (None: [latency]): its family and
+    calibration, or that it is not calibrated."""
+    from edgenas.cost import latency_model_for
     from edgenas.targets import engine_mismatch
 
-    model = target.latency
+    model = latency_model_for(target, dtype)
     selection = model.selection or {}
     warning = engine_mismatch(target)
     warning = f" WARNING: {warning};" if warning else ""
@@ -193,8 +220,9 @@ def print_members(members: list[dict], console=None) -> None:
 
 # what `edgenas search --json` gives of each member: the table's figures in their recorded units (fractions, seconds,
 # bytes), the 95 % intervals, and what identifies the member and its weights
-MEMBER_JSON_FIELDS = ("id", "description", "weights", "test_accuracy", "test_accuracy_ci", "val_accuracy",
-                      "val_accuracy_ci", "n_exits", "test_exit_rates", "macs_expected", "macs_worst",
+MEMBER_JSON_FIELDS = ("id", "description", "weights", "dtype", "test_accuracy", "test_accuracy_ci",
+                      "test_accuracy_int8", "test_accuracy_int8_ci", "test_exit_agreement_int8", "val_accuracy",
+                      "val_accuracy_ci", "val_accuracy_int8", "n_exits", "test_exit_rates", "macs_expected", "macs_worst",
                       "latency_expected_s", "latency_worst_s", "peak_sram_bytes", "flash_bytes")
 
 

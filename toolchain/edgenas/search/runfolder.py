@@ -7,6 +7,8 @@
   pareto.png       error vs expected latency
   report.md        human-readable summary
   finetuned.jsonl  one line per fine-tuned Pareto member (the figures of the weights that ship), appended as above
+  int8.jsonl       --dtype int8: one line per (Pareto member, weights): int8 accuracy after post-training
+                   quantisation (search/int8.py), appended as above
   checkpoints/candidate_<id>.pt   deployable weights of every Pareto member (arch + thresholds + state_dict;
                    "weights": "finetuned" or "inherited")
   .lock            flock'ed by the search that writes the folder (a second search on it is refused)
@@ -211,10 +213,6 @@ def best_member(run_dir) -> tuple[dict, str]:
 
 def load_candidate(run_dir, candidate: int | None = None):
     """(EarlyExitNet in eval mode, archive record, run config) of a Pareto member; candidate None = the best one."""
-    import torch
-
-    from edgenas.spaces import create_space
-    from edgenas.nn.early_exit import deployed_network
     folder, config, records, members = _run_members(run_dir)
     if candidate is None:
         record, _ = choose_best(members)
@@ -227,6 +225,18 @@ def load_candidate(run_dir, candidate: int | None = None):
     if not path.is_file():
         raise EdgenasError(f"candidate {record['id']} has no checkpoint in {path.parent}",
                            f"checkpoints exist for the Pareto members: {', '.join(str(m['id']) for m in members)}")
+    net, ckpt = read_checkpoint(path, record["id"])
+    # formats 1-2 predate fine-tuning: their weights are the inherited ones
+    return net, {**record, "weights": ckpt.get("weights", "inherited")}, config
+
+
+def read_checkpoint(path: Path, cand_id: int):
+    """(deployed EarlyExitNet in eval mode on the CPU, checkpoint dict) of the candidate checkpoint `path` of candidate
+    `cand_id`; a file that is not one is an EdgenasError."""
+    import torch
+
+    from edgenas.nn.early_exit import deployed_network
+    from edgenas.spaces import create_space
     try:
         ckpt = torch.load(path, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
@@ -235,8 +245,8 @@ def load_candidate(run_dir, candidate: int | None = None):
     if not isinstance(fmt, str) or not fmt.startswith("edgenas-candidate/"):
         raise EdgenasError(f"{path} is not an edgenas candidate checkpoint",
                            "the file is corrupt or foreign; re-run the search with --resume to rewrite it")
-    if ckpt.get("id") != record["id"]:
-        raise EdgenasError(f"{path} holds candidate {ckpt.get('id')}, not {record['id']}",
+    if ckpt.get("id") != cand_id:
+        raise EdgenasError(f"{path} holds candidate {ckpt.get('id')}, not {cand_id}",
                            "the run folder is inconsistent; re-run the search with --resume to rewrite it")
     try:
         space = create_space(ckpt["space"])
@@ -252,5 +262,4 @@ def load_candidate(run_dir, candidate: int | None = None):
                            f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})",
                            "the file is corrupt; re-run the search with --resume to rewrite it") from None
     net.eval()
-    # formats 1-2 predate fine-tuning: their weights are the inherited ones
-    return net, {**record, "weights": ckpt.get("weights", "inherited")}, config
+    return net, ckpt

@@ -133,8 +133,9 @@ def search_zodarts(dataset, method: str = "zodarts+", epochs: int | None = None,
             from edgenas.search.evaluate import EvaluationConfig, fit_exit_policy
             exit_target = tgt if tgt is not None else as_target("cortex-m7")
             with ui.task("train exit heads, choose thresholds", total=None):
+                # float32: ZO-DARTS+ fits its macro to the target's budgets in float32 bytes
                 net, exits = fit_exit_policy(net.to(device), data, exit_target, exit_target.budgets,
-                                             EvaluationConfig(), seed)
+                                             EvaluationConfig(dtype="float32"), seed)
                 net = net.cpu()
             ui.note(f"exits: {exits['n_exits']} kept, test accuracy {exits['test_accuracy']:.4f}, expected MACs "
                     f"{exits['macs_expected']:.0f} of {exits['macs_worst']} worst case")

@@ -56,12 +56,17 @@ def _parse_toml(text: str, where: str) -> dict:
         raise EdgenasError(f"{where}: malformed TOML: {msg}", "fix the syntax at that line and column") from None
 
 
+# Tables an override replaces whole instead of merging key by key: a latency model's boosted trees and the record of
+# how calibrate chose it describe one fit, and a mix of two fits' parts would describe neither.
+REPLACED_TABLES = ("trees", "selection")
+
+
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
         if key == "provenance" and isinstance(value, list) and isinstance(base.get(key), list):
             out[key] = [*base[key], *value]
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+        elif isinstance(value, dict) and isinstance(base.get(key), dict) and key not in REPLACED_TABLES:
             out[key] = _merge(base[key], value)
         else:
             out[key] = value

@@ -8,6 +8,9 @@ from typing import Any, Mapping
 
 TARGET_KINDS = ("mcu", "cortex-a", "host")
 LATENCY_DTYPES = ("float32", "int8")
+# The target-file table of each dtype's latency model: `[latency]` is the float32 model every target has (a target
+# may also declare its one model int8 there); `[latency_int8]` (same keys, `dtype` optional) the int8 model, optional.
+LATENCY_SECTIONS = {"float32": "latency", "int8": "latency_int8"}
 # Operator kinds of the cost model (edgenas.cost.Layer.kind) plus the fallback entry "default".
 OPERATOR_KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act", "reshape", "concat", "other")
 # Finer kinds the latency model may cost separately (edgenas.cost.analysis.latency_kinds), each with the kind whose
@@ -192,3 +195,14 @@ class Target:
     latency: LatencyModel
     provenance: tuple[Provenance, ...] = ()
     source_path: str = ""
+    latency_int8: LatencyModel | None = None   # the [latency_int8] table: int8 kernels' model (None: not calibrated)
+
+    def latency_for(self, dtype: str) -> LatencyModel | None:
+        """The latency model measured for `dtype` ("float32" or "int8"), None when the target has none: an int8
+        prediction must not silently use fp32 coefficients (`edgenas.cost.predict_latency` marks that fallback)."""
+        if dtype not in LATENCY_DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(LATENCY_DTYPES)}")
+        for model in (self.latency, self.latency_int8):
+            if model is not None and model.dtype == dtype:
+                return model
+        return None

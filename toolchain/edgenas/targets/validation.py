@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from edgenas.errors import EdgenasError
-from edgenas.targets.model import (LATENCY_DTYPES, LATENCY_FAMILIES, LATENCY_KINDS, LATENCY_RUNTIMES,
+from edgenas.targets.model import (LATENCY_DTYPES, LATENCY_FAMILIES, LATENCY_KINDS, LATENCY_RUNTIMES, LATENCY_SECTIONS,
                                    OPTIONAL_COEFFICIENTS, PROVENANCE_FIELDS, TARGET_KINDS, TREE_DESCRIPTORS, Budgets,
                                    KindCost, LatencyModel, Provenance, RegressionTree, Target, TreeCorrection)
 from edgenas.targets.units import (MAX_NUMBER, check_target_name, clip, parse_accuracy, parse_duration, parse_macs,
@@ -120,8 +120,14 @@ def build_target(raw: dict, where: str) -> Target:
         budgets=_budgets(r.table_of("budgets")),
         latency=_latency(r.table_of("latency", required=True)),
         provenance=_provenance(r),
+        latency_int8=_latency(r.table_of(LATENCY_SECTIONS["int8"]), "int8") if r.has(LATENCY_SECTIONS["int8"])
+        else None,
     )
     r.done()
+    if target.latency_int8 is not None and target.latency.dtype == "int8":
+        raise EdgenasError(f"{where}: [latency] has dtype \"int8\" and [{LATENCY_SECTIONS['int8']}] is given too: "
+                           "two int8 latency models", f"keep the int8 model in [{LATENCY_SECTIONS['int8']}] and "
+                           "the float32 one in [latency]")
     return target
 
 
@@ -158,7 +164,10 @@ def _budgets(b: _Reader) -> Budgets:
                    macs=values["macs"], min_accuracy=values["min_accuracy"])
 
 
-def _latency(lat: _Reader) -> LatencyModel:
+def _latency(lat: _Reader, dtype: str | None = None) -> LatencyModel:
+    """A latency table: [latency] (dtype required), or the [latency_int8] table of `dtype` "int8" (its `dtype` key
+    optional, and "int8" when given)."""
+    section = lat.prefix.rstrip(".")
     kinds_r = lat.table_of("kinds", required=True)
     kinds = {}
     for kind in kinds_r.table:
@@ -173,11 +182,11 @@ def _latency(lat: _Reader) -> LatencyModel:
     kinds_r.done()
     if "default" not in kinds:
         raise EdgenasError(f"{lat.where}: missing required key '{kinds_r.key('default')}'",
-                           "add a [latency.kinds.default] table: it costs every kind without its own entry")
+                           f"add a [{section}.kinds.default] table: it costs every kind without its own entry")
     family = lat.string("family", default="per-kind", choices=LATENCY_FAMILIES)
     trees = _trees(lat) if lat.has("trees") else None
     if family == "boosted-trees" and trees is None:
-        raise EdgenasError(f"{lat.where}: latency family 'boosted-trees' needs a [latency.trees] table",
+        raise EdgenasError(f"{lat.where}: latency family 'boosted-trees' needs a [{section}.trees] table",
                            "write the file with `edgenas calibrate`, or choose family = \"per-kind-shape\"")
     if family != "boosted-trees":
         # an override of a boosted-trees target (tables merge key by key) may inherit trees it does not use
@@ -185,13 +194,22 @@ def _latency(lat: _Reader) -> LatencyModel:
     model = LatencyModel(kinds=kinds,
                          per_inference_cycles=lat.number("per_inference_cycles", required=True, example="2000"),
                          per_exit_cycles=lat.number("per_exit_cycles", required=True, example="300"),
-                         dtype=lat.string("dtype", required=True, choices=LATENCY_DTYPES),
+                         dtype=lat.string("dtype", required=dtype is None, default=dtype,
+                                          choices=LATENCY_DTYPES if dtype is None else (dtype,)),
                          channel_block=_channel_block(lat), family=family,
-                         runtime=lat.string("runtime", default="", choices=LATENCY_RUNTIMES), trees=trees,
+                         runtime=_runtime(lat), trees=trees,
                          interval=_interval(lat), selection=_selection(lat),
                          folds_zero_ops=_flag(lat, "folds_zero_ops"))
     lat.done()
     return model
+
+
+def _runtime(lat: _Reader) -> str:
+    """The engine the model was calibrated on; "" (written by calibrate overrides) means unknown."""
+    if lat.table.get("runtime") == "":
+        lat.seen.add("runtime")
+        return ""
+    return lat.string("runtime", default="", choices=LATENCY_RUNTIMES)
 
 
 def _flag(r: _Reader, key: str) -> bool:
@@ -217,7 +235,7 @@ def _interval(lat: _Reader) -> tuple[float, float] | None:
 
 def _selection(lat: _Reader) -> dict | None:
     """The record of `calibrate`'s model choice: strings and numbers, nested tables of them (shown, not used)."""
-    v = lat.raw("selection", False, "[latency.selection]")
+    v = lat.raw("selection", False, f"[{lat.key('selection')}]")
     if v is None:
         return None
 
@@ -227,10 +245,10 @@ def _selection(lat: _Reader) -> dict | None:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)) or \
                 (isinstance(value, float) and not math.isfinite(value)):
             raise EdgenasError(f"{lat.where}: key '{key}' must be a string or a finite number, got {_show(value)}",
-                               "write the file with `edgenas calibrate`, or remove [latency.selection]")
+                               f"write the file with `edgenas calibrate`, or remove [{lat.key('selection')}]")
         return value
     if not isinstance(v, dict):
-        raise lat.fail("selection", f"must be a table, got {_show(v)}", "write it as [latency.selection]")
+        raise lat.fail("selection", f"must be a table, got {_show(v)}", f"write it as [{lat.key('selection')}]")
     return check(v, lat.key("selection"))
 
 
@@ -240,9 +258,9 @@ def _trees(lat: _Reader) -> TreeCorrection:
     if not isinstance(kinds, list) or not all(isinstance(k, str) and k in (*LATENCY_KINDS, "default") for k in kinds):
         raise t.fail("kinds", f"must be a list of latency kinds, got {_show(kinds)}",
                      f"use kinds from {', '.join(LATENCY_KINDS)}")
-    raw_trees = t.raw("tree", True, "[[latency.trees.tree]]")
+    raw_trees = t.raw("tree", True, f"[[{t.key('tree')}]]")
     if not isinstance(raw_trees, list) or not all(isinstance(e, dict) for e in raw_trees):
-        raise t.fail("tree", "must be a list of tables", "write each tree as [[latency.trees.tree]]")
+        raise t.fail("tree", "must be a list of tables", f"write each tree as [[{t.key('tree')}]]")
     trees = []
     for i, raw in enumerate(raw_trees):
         r = _Reader(raw, t.where, f"{t.key('tree')}[{i}].")

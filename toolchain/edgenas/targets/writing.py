@@ -5,7 +5,7 @@ value); only the first comment line is ours, and it holds nothing but a validate
 from __future__ import annotations
 
 from edgenas.fileio import json_finite
-from edgenas.targets.model import OPTIONAL_COEFFICIENTS, PROVENANCE_FIELDS, LatencyModel, Target
+from edgenas.targets.model import LATENCY_SECTIONS, OPTIONAL_COEFFICIENTS, PROVENANCE_FIELDS, LatencyModel, Target
 from edgenas.targets.units import check_target_name
 
 
@@ -13,25 +13,27 @@ def _without_none(table: dict) -> dict:
     return {k: v for k, v in table.items() if v is not None}
 
 
-def latency_to_dict(model: LatencyModel) -> dict:
-    """The [latency] table of a target file (coefficients in cycles)."""
+def latency_to_dict(model: LatencyModel, explicit: bool = False) -> dict:
+    """The [latency] (or [latency_int8]) table of a target file (coefficients in cycles). Settings at their default
+    are left out, unless `explicit`: an override's table is merged key by key onto its base's, so every setting and
+    coefficient it leaves out would be the base's, not the default."""
     table = {"dtype": model.dtype, "per_inference_cycles": model.per_inference_cycles,
              "per_exit_cycles": model.per_exit_cycles}
-    if model.channel_block != 1:
+    if model.channel_block != 1 or explicit:
         table["channel_block"] = model.channel_block
-    if model.family != "per-kind":
+    if model.family != "per-kind" or explicit:
         table["family"] = model.family
-    if model.runtime:
+    if model.runtime or explicit:
         table["runtime"] = model.runtime
-    if model.folds_zero_ops:
-        table["folds_zero_ops"] = True
+    if model.folds_zero_ops or explicit:
+        table["folds_zero_ops"] = model.folds_zero_ops
     if model.interval is not None:
         table["interval"] = list(model.interval)
     kinds = {}
     for kind, c in model.kinds.items():
         entry = {"fixed_cycles": c.fixed_cycles, "cycles_per_mac": c.cycles_per_mac,
                  "cycles_per_byte": c.cycles_per_byte}
-        entry.update({k: getattr(c, k) for k in OPTIONAL_COEFFICIENTS if getattr(c, k)})
+        entry.update({k: getattr(c, k) for k in OPTIONAL_COEFFICIENTS if getattr(c, k) or explicit})
         kinds[kind] = entry
     table["kinds"] = kinds
     if model.trees is not None:
@@ -66,6 +68,8 @@ def target_to_dict(t: Target) -> dict:
                                     "sram": b.sram_bytes, "flash": b.flash_bytes, "macs": b.macs,
                                     "min_accuracy": b.min_accuracy})
     doc["latency"] = latency_to_dict(t.latency)
+    if t.latency_int8 is not None:
+        doc[LATENCY_SECTIONS["int8"]] = latency_to_dict(t.latency_int8)
     if t.provenance:
         doc["provenance"] = _provenance_tables(t.provenance)
     return doc
@@ -80,15 +84,20 @@ def target_to_toml(t: Target) -> str:
     return header + tomli_w.dumps(target_to_dict(t))
 
 
-def latency_override_toml(base: str, name: str, latency: LatencyModel, provenance=()) -> str:
-    """A target file that `extends` `base` and replaces its latency model (what `edgenas calibrate` writes).
+def latency_override_toml(base: str, name: str, latency: LatencyModel, provenance=(), section: str | None = None
+                          ) -> str:
+    """A target file that `extends` `base` and replaces one of its latency models (what `edgenas calibrate` writes):
+    `section` is the table written, by default the one of the model's dtype (LATENCY_SECTIONS: [latency] for
+    float32, [latency_int8] for int8); the base's other latency table is inherited untouched.
 
-    Every kind of `latency` is written, so the base's coefficients survive only for kinds the model lacks;
-    `provenance` entries are appended to the base's record.
+    Every kind of `latency` is written with every coefficient and setting, so the base's coefficients survive only
+    for kinds the model lacks; `provenance` entries are appended to the base's record.
     """
     import tomli_w
 
-    doc = {"extends": base, "name": check_target_name(name), "latency": latency_to_dict(latency)}
+    section = section or LATENCY_SECTIONS[latency.dtype]
+    doc = {"extends": base, "name": check_target_name(name), section: latency_to_dict(latency, explicit=True)}
     if provenance:
         doc["provenance"] = _provenance_tables(provenance)
-    return f"# {name}: the target it extends, with a calibrated latency model.\n\n" + tomli_w.dumps(doc)
+    return (f"# {name}: the target it extends, with a calibrated {latency.dtype} latency model [{section}].\n\n"
+            + tomli_w.dumps(doc))
