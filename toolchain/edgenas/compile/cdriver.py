@@ -164,13 +164,13 @@ void edgenas_profile_mark(int stage);
 """
 
 
-def config_h(arena_bytes: int, workspace_bytes: int, n_tests: int) -> str:
+def config_h(arena_bytes: int, workspace_bytes: int, n_tests: int, logit_tolerance: float = LOGIT_TOLERANCE) -> str:
     return f"""{HEADER.format(what="sizes")}#ifndef EDGENAS_CONFIG_H
 #define EDGENAS_CONFIG_H
 #define EDGENAS_ARENA_BYTES {max(arena_bytes, 16)}
 #define EDGENAS_WORKSPACE_BYTES {max(workspace_bytes, 16)} /* pool for TVMBackendAllocWorkspace (kernel scratch) */
 #define EDGENAS_N_TESTS {n_tests}
-#define EDGENAS_LOGIT_TOLERANCE {LOGIT_TOLERANCE!r}f /* the harness's check: edgenas.agreement.LOGIT_TOLERANCE */
+#define EDGENAS_LOGIT_TOLERANCE {float(logit_tolerance)!r}f /* the harness's check (int8: one step of the logits) */
 #endif
 """
 
@@ -193,7 +193,8 @@ def tensor_summary(programs: Sequence[StageProgram]) -> Mapping[str, int]:
 
 def driver_project(stage_models, stages, thresholds, n_classes: int, input_shape, x: np.ndarray,
                    ref_logits: np.ndarray, ref_exits: np.ndarray, codegen: str, tvm_target, project,
-                   dtype: str = "float32", integer_summary: dict | None = None) -> tuple:
+                   dtype: str = "float32", integer_summary: dict | None = None,
+                   logit_tolerance: float = LOGIT_TOLERANCE) -> tuple:
     """Lower each stage, build its TVM kernels into `project` and write the generated C driver sources there
     (weights, model.c, edgenas.h, edgenas_config.h, test_io.c). Shared by the Cortex-M firmware and the hosted
     static build. Returns (programs, arena plan, kernel workspace pool bytes). dtype "int8": integer kernels
@@ -217,7 +218,7 @@ def driver_project(stage_models, stages, thresholds, n_classes: int, input_shape
         "weights.c": weights_c, "weights.h": weights_h,
         "model.c": model_c(programs, plan, thresholds, n_classes),
         "edgenas.h": edgenas_h(n_classes, len(programs), input_shape),
-        "edgenas_config.h": config_h(plan.size, pool, x.shape[0]),
+        "edgenas_config.h": config_h(plan.size, pool, x.shape[0], logit_tolerance),
         "test_io.c": test_io_c(x, ref_logits, ref_exits),
     }
     for name, text in generated.items():

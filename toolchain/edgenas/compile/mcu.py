@@ -392,11 +392,12 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
                 src = quantised_source(src, calib, tmp / "stages_int8")
         if reference is None:
             ref_logits, ref_exits = reference_outputs(src, x)
+        tolerance = logit_tolerance(src) if dtype == "int8" else LOGIT_TOLERANCE
         with work.captured_log():
             programs, plan, pool = cdriver.driver_project(
                 [onnx.load(str(st.path)) for st in src.stages], src.stages, src.thresholds, src.n_classes,
                 src.input_shape, x, ref_logits, ref_exits, codegen, target.tvm_target, tmp, dtype=dtype,
-                integer_summary=summaries)
+                integer_summary=summaries, logit_tolerance=tolerance)
         for name, text in {"firmware.ld": firmware.linker_script(target, "qemu", firmware.STACK_BYTES),
                            "firmware-board.ld": firmware.linker_script(target, "board", firmware.STACK_BYTES),
                            "Makefile": firmware.makefile(target, codegen)}.items():
@@ -421,7 +422,7 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
             workspace_pool_bytes=pool, weight_bytes=weight_bytes,
             macs_per_exit=src.macs_per_exit or _macs_from_prediction(predicted), predicted=predicted,
             n_test_inputs=int(x.shape[0]), fits=not excess, excess=excess,
-            logit_tolerance=logit_tolerance(src) if dtype == "int8" else LOGIT_TOLERANCE,
+            logit_tolerance=tolerance,
             int8=integer_report(summaries) if dtype == "int8" else None)
         if excess and not keep_failed:
             raise EdgenasError(_too_big_message(target, sizes), "shrink the model (fewer channels or exits) or pick "
