@@ -191,6 +191,22 @@ def test_qadd_broadcasts_a_per_channel_second_input():
     np.testing.assert_array_equal(run_host(k8.qadd(a.shape, *args, b_shape=b.shape), a, b), want)
 
 
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_qmul_of_a_tensor_and_a_per_channel_gate_bit_exact_with_onnxruntime(seed):
+    rng = np.random.default_rng(seed)
+    a_scale, b_scale, y_scale = (float(np.float32(v)) for v in rng.uniform(0.005, 0.1, 3))
+    a_zp, b_zp, y_zp = (int(v) for v in rng.integers(-128, 60, 3))
+    shape, gate = (1, 8, 12, 12), (1, 8, 1, 1)
+    a = rng.integers(-128, 128, shape, dtype=np.int8)
+    b = rng.integers(-128, 128, gate, dtype=np.int8)
+    inits = act_params("a", a_scale, a_zp) + act_params("b", b_scale, b_zp)
+    expected = run_ort([helper.make_node("Mul", ["a_f", "b_f"], ["yf"])], {"a": a, "b": b}, shape, inits,
+                       y_scale=y_scale, y_zp=y_zp)
+    args = (a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, -128, 127)
+    np.testing.assert_array_equal(k8.reference_qmul(a, np.broadcast_to(b, shape), *args), expected)
+    np.testing.assert_array_equal(run_host(k8.qmul(shape, *args, b_shape=gate), a, b), expected)
+
+
 POOLS = {  # h, w, kernel, stride, pad, count_include_pad
     "3x3 stride 2 pad 1": (9, 8, 3, 2, 1, False),
     "3x3 pad counted": (7, 7, 3, 2, 1, True),

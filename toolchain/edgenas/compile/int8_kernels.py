@@ -721,8 +721,9 @@ def reference_qmax_pool2d(x, kernel, strides, pads_tlbr) -> np.ndarray:
 
 def qmul(shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax, b_shape=None) -> Kernel:
     """Integer product of two int8 tensors (b of `b_shape` broadcast to `shape`, e.g. a squeeze-excite gate
-    [1, C, 1, 1]): float32((a - za) * (b - zb)) * float32(sa * sb / sy), rounded half to even, + zy (onnxruntime's
-    QLinearMul up to a last-bit tie: it may group the scales otherwise). Params (a, b, y)."""
+    [1, C, 1, 1]) as onnxruntime's x86 QLinearMul computes it (MLAS SSE2): the exact int32 product of (a - za) and
+    (b - zb), times float32(sa * sb / sy) (left to right in float32), plus float32(zy), then rounded half to even and
+    saturated: the zero point is added before rounding, unlike QLinearConv. Params (a, b, y)."""
     from tvm import te, tirx
 
     shape = tuple(int(d) for d in shape)
@@ -731,22 +732,33 @@ def qmul(shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax, b_shape
         raise EdgenasError(f"int8 product of {shape} and {b_shape}: the second input does not broadcast to the first",
                            "multiply tensors of equal shape or by a [1, C, 1, 1] / scalar second input")
     _check_range(qmin, qmax, a_zp, b_zp, y_zp)
-    scale = tirx.const(float(np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(y_scale)), "float32")
+    f32 = "float32"
+    ratio = tirx.const(float(_mul_ratio(a_scale, b_scale, y_scale)), f32)
     A = te.placeholder(shape, "int8", "a")
     Bq = te.placeholder(b_shape, "int8", "b")
 
-    def product(*idx):
+    def value(*idx):
         b = Bq[tuple(0 if bd == 1 else i for bd, i in zip(b_shape, idx))]
-        return (A[idx].astype("int32") - a_zp) * (b.astype("int32") - b_zp)
+        scaled = tirx.Cast(f32, (A[idx].astype("int32") - a_zp) * (b.astype("int32") - b_zp)) * ratio
+        # a value-preserving clamp keeps LLVM from contracting the multiply and the add into one FMA
+        scaled = tirx.min(tirx.max(scaled, tirx.const(-MUL_BARRIER, f32)), tirx.const(MUL_BARRIER, f32))
+        return scaled + tirx.const(float(y_zp), f32)
 
-    Y = te.compute(shape, lambda *idx: _requant(product(*idx), scale, y_zp, qmin, qmax), name="y")
+    Y = te.compute(shape, lambda *idx: _round_clamp(value(*idx), 0, qmin, qmax), name="y")
     return Kernel(te.create_prim_func([A, Bq, Y]), (), shape, "int8")
 
 
+MUL_BARRIER = 3.0e38  # beyond any int8 product times a scale ratio: the clamp never changes a value
+
+
+def _mul_ratio(a_scale, b_scale, y_scale) -> np.float32:
+    return np.float32(np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(y_scale))
+
+
 def reference_qmul(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax) -> np.ndarray:
-    scale = np.float32(np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(y_scale))
-    acc = (np.asarray(a, np.int32) - a_zp) * (np.asarray(b, np.int32) - b_zp)
-    return _requantize_np(acc, np.full(1, scale, np.float32), y_zp, qmin, qmax).reshape(np.shape(acc))
+    product = (np.asarray(a, np.int32) - a_zp) * (np.asarray(b, np.int32) - b_zp)
+    w = (product.astype(np.float32) * _mul_ratio(a_scale, b_scale, y_scale)).astype(np.float32) + np.float32(y_zp)
+    return np.clip(np.rint(w.astype(np.float32)), qmin, qmax).astype(np.int8)
 
 
 def lookup_table(dequantized_codes_to_float, y_scale: float, y_zp: int, qmin: int = INT8_MIN,
