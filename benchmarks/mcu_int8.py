@@ -104,7 +104,9 @@ def member_model(export_dir: Path, work: Path) -> dict:
     copy = no_exit_copy(export_dir, work)
     doc = json.loads((copy / "exits.json").read_text())
     x = np.random.default_rng(0).standard_normal((N_TEST, *doc["input_shape"][1:])).astype(np.float32)
-    return {"name": "default_member", "arch": doc.get("meta", {}).get("arch", str(export_dir)), "float32": copy,
+    meta = doc.get("meta", {})
+    arch = f"{meta.get('run', '?')} #{meta.get('candidate', '?')}: {meta.get('description', '')}"  # no local paths
+    return {"name": "default_member", "arch": arch, "float32": copy,
             "int8": copy, "x": x}
 
 
@@ -118,11 +120,10 @@ def build_and_run(model: dict, dtype: str, target, work: Path) -> dict:
     try:
         report = compile_mcu(model[dtype], target, out, dtype=dtype, test_inputs=model["x"], build_board=False,
                              keep_failed=True).to_dict()
-        fits = True
-    except EdgenasError as exc:  # over a budget: kept (keep_failed) and still measured
+    except EdgenasError:  # over a budget: kept (keep_failed) and still measured; firmware.json says by how much
         if not (out / "firmware.json").is_file():
             raise
-        report, fits = json.loads((out / "firmware.json").read_text()), exc.line()
+        report = json.loads((out / "firmware.json").read_text())
     build_s = time.perf_counter() - t0
     profile = profile_qemu(out, target)
     n_stages = report["n_stages"]
@@ -133,7 +134,8 @@ def build_and_run(model: dict, dtype: str, target, work: Path) -> dict:
     flash = sizes["flash_bytes"] - sizes.get("flash_parts", {}).get("test_data", 0)
     estimated_s = instructions * target.cpi / target.clock_hz
     check = profile["check"]
-    row = {"dtype": dtype, "fits": fits, "build_s": round(build_s, 1), "macs": int(macs),
+    row = {"dtype": dtype, "fits": report["fits"], "excess_bytes": report["excess"], "build_s": round(build_s, 1),
+           "macs": int(macs),
            "instructions": instructions, "instructions_per_mac": instructions / macs if macs else None,
            "flash_bytes": int(flash), "ram_bytes": int(sizes["ram_bytes"]),
            "weight_bytes": int(report["weight_bytes"]), "arena_bytes": int(report["arena_bytes"]),

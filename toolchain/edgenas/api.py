@@ -150,9 +150,10 @@ def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", d
     `dtype` (MCU): "int8", "float32", or None for int8 where the model carries int8 (an export folder with
     `stages_int8/`, a QDQ ONNX model, or `calib_data`: an .npy of inputs or a dataset spec), else float32.
     `keep_failed` (MCU): keep the project of a firmware that does not fit or does not build, instead of removing it."""
+    from edgenas.compile.mcu import is_qdq_file
     from edgenas.targets import load_target
     t = load_target(target)
-    if t.kind != "mcu" and (dtype == "int8" or calib_data is not None or _is_qdq_file(model)):
+    if t.kind != "mcu" and (dtype == "int8" or calib_data is not None or is_qdq_file(model)):
         raise EdgenasError(f"int8 builds are for MCU targets; {t.name} ({t.kind}) gets a float32 TVM library",
                            "pass the float model (or its export folder) without --dtype int8 / --calib-data, or "
                            "compile for an MCU target such as cortex-m7")
@@ -175,20 +176,6 @@ def compile(model, target: str = "cortex-m7", out=None, codegen: str = "llvm", d
     check_writable(out)
     with external_build(out):
         return compile_host(path, t, out, tune_trials=tune_trials, test_inputs=x)
-
-
-def _is_qdq_file(model) -> bool:
-    """Whether `model` is a quantised (QDQ) ONNX file (a host library would compute it in float)."""
-    import onnx
-
-    from edgenas.compile.mcu import is_qdq
-    path = Path(model)
-    if not (path.is_file() and path.suffix == ".onnx"):
-        return False
-    try:
-        return is_qdq(onnx.load(str(path), load_external_data=False))
-    except Exception:  # noqa: BLE001  (an unreadable file gets its own error from the compiler)
-        return False
 
 
 def compile_cli(json_out: bool = False, **opts) -> None:

@@ -598,6 +598,21 @@ def reference_qadd(a, b, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax
     return _round_clamp_np(v, 0, qmin, qmax)
 
 
+def _second_operand_shape(shape, b_shape, what: str) -> tuple[int, ...]:
+    """The shape of a binary kernel's second input (`shape` when None), refused unless it broadcasts to `shape`
+    dimension by dimension (equal, or 1: a per-channel [1, C, 1, 1] or a scalar [1, 1, 1, 1])."""
+    b_shape = shape if b_shape is None else tuple(int(d) for d in b_shape)
+    if len(b_shape) != len(shape) or any(bd not in (1, d) for bd, d in zip(b_shape, shape)):
+        raise EdgenasError(f"int8 {what} of {shape} and {b_shape}: the second input does not broadcast to the first",
+                           "pass tensors of equal shape, or a [1, C, 1, 1] / scalar second input")
+    return b_shape
+
+
+def _broadcast_at(B, b_shape, idx):
+    """B at output index `idx`, its size-1 dimensions broadcast."""
+    return B[tuple(0 if bd == 1 else i for bd, i in zip(b_shape, idx))]
+
+
 def qadd(shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax, b_shape=None) -> Kernel:
     """Integer add of two int8 tensors of `shape` (or `b` of `b_shape` broadcast to it, e.g. [1, C, 1, 1]).
 
@@ -606,10 +621,7 @@ def qadd(shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax, b_shape
     from tvm import te, tirx
 
     shape = tuple(int(d) for d in shape)
-    b_shape = shape if b_shape is None else tuple(int(d) for d in b_shape)
-    if len(b_shape) != len(shape) or any(bd not in (1, d) for bd, d in zip(b_shape, shape)):
-        raise EdgenasError(f"int8 add of {shape} and {b_shape}: the second input does not broadcast to the first",
-                           "add tensors of equal shape or a [1, C, 1, 1] / scalar second input")
+    b_shape = _second_operand_shape(shape, b_shape, "add")
     _check_range(qmin, qmax, a_zp, b_zp, y_zp)
     table_a, table_b, fixed = _add_terms(a_scale, a_zp, b_scale, b_zp, y_scale, y_zp)
     A = te.placeholder(shape, "int8", "a")
@@ -617,11 +629,9 @@ def qadd(shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax, b_shape
     TA = te.placeholder((256,), "float32", "a_table")
     TB = te.placeholder((256,), "float32", "b_table")
 
-    def b_at(idx):
-        return Bq[tuple(0 if bd == 1 else i for bd, i in zip(b_shape, idx))]
-
     Y = te.compute(shape, lambda *idx: _round_clamp(
-        (tirx.const(float(fixed), "float32") + TA[A[idx].astype("int32") + 128]) + TB[b_at(idx).astype("int32") + 128],
+        (tirx.const(float(fixed), "float32") + TA[A[idx].astype("int32") + 128])
+        + TB[_broadcast_at(Bq, b_shape, idx).astype("int32") + 128],
         0, qmin, qmax), name="y")
     return Kernel(te.create_prim_func([A, Bq, TA, TB, Y]), (table_a, table_b), shape, "int8")
 
@@ -727,10 +737,7 @@ def qmul(shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax, b_shape
     from tvm import te, tirx
 
     shape = tuple(int(d) for d in shape)
-    b_shape = shape if b_shape is None else tuple(int(d) for d in b_shape)
-    if len(b_shape) != len(shape) or any(bd not in (1, d) for bd, d in zip(b_shape, shape)):
-        raise EdgenasError(f"int8 product of {shape} and {b_shape}: the second input does not broadcast to the first",
-                           "multiply tensors of equal shape or by a [1, C, 1, 1] / scalar second input")
+    b_shape = _second_operand_shape(shape, b_shape, "product")
     _check_range(qmin, qmax, a_zp, b_zp, y_zp)
     f32 = "float32"
     ratio = tirx.const(float(_mul_ratio(a_scale, b_scale, y_scale)), f32)
@@ -738,7 +745,7 @@ def qmul(shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, qmin, qmax, b_shape
     Bq = te.placeholder(b_shape, "int8", "b")
 
     def value(*idx):
-        b = Bq[tuple(0 if bd == 1 else i for bd, i in zip(b_shape, idx))]
+        b = _broadcast_at(Bq, b_shape, idx)
         scaled = tirx.Cast(f32, (A[idx].astype("int32") - a_zp) * (b.astype("int32") - b_zp)) * ratio
         # a value-preserving clamp keeps LLVM from contracting the multiply and the add into one FMA
         scaled = tirx.min(tirx.max(scaled, tirx.const(-MUL_BARRIER, f32)), tirx.const(MUL_BARRIER, f32))

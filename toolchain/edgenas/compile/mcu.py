@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -152,11 +152,7 @@ def load_model_source(path: Path, dtype: str) -> ModelSource:
 
     from edgenas.export.exits_json import EXITS_FILE, read_exits_json
 
-    path = Path(path)
-    if path.is_dir() and (path / "archive.jsonl").is_file() and not (path / EXITS_FILE).is_file():
-        path = _run_export(path)
-    if path.is_file() and (path.parent / EXITS_FILE).is_file() and path.suffix == ".onnx":
-        path = path.parent  # model.onnx of an export folder: compile its stages
+    path = resolve_model_path(path)
     if path.is_dir():
         doc = read_exits_json(path)
         key = "int8_file" if dtype == "int8" else "file"
@@ -204,28 +200,45 @@ def is_qdq(model) -> bool:
     return any(n.op_type == "DequantizeLinear" and n.input[0] in int8 for n in model.graph.node)
 
 
-def default_dtype(path: Path, calib_data) -> str:
-    """int8 where the model carries int8 (calibration data, an export folder with `stages_int8/`, a QDQ model),
-    else float32: what `edgenas compile` builds for an MCU target when --dtype is not given."""
-    import onnx
+def resolve_model_path(path) -> Path:
+    """What a model argument names: a run folder -> its one exported candidate's folder, the model.onnx of an
+    export folder -> that folder (its stages are compiled), anything else as given."""
+    from edgenas.export.exits_json import EXITS_FILE
 
-    from edgenas.export.exits_json import EXITS_FILE, read_exits_json
-
-    if calib_data is not None:
-        return "int8"
     path = Path(path)
     if path.is_dir() and (path / "archive.jsonl").is_file() and not (path / EXITS_FILE).is_file():
         path = _run_export(path)
-    folder = path if path.is_dir() else path.parent
-    if (folder / EXITS_FILE).is_file() and (path.is_dir() or path.suffix == ".onnx"):
-        stages = read_exits_json(folder)["stages"]
+    if path.is_file() and (path.parent / EXITS_FILE).is_file() and path.suffix == ".onnx":
+        path = path.parent
+    return path
+
+
+def is_qdq_file(path) -> bool:
+    """Whether `path` is a readable ONNX file holding a quantised (QDQ) model (an unreadable file: False; the
+    compiler reports it)."""
+    import onnx
+
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".onnx"):
+        return False
+    try:
+        return is_qdq(onnx.load(str(path), load_external_data=False))
+    except Exception:  # noqa: BLE001  (protobuf decode errors: load_model_source names the file)
+        return False
+
+
+def default_dtype(path: Path, calib_data) -> str:
+    """int8 where the model carries int8 (calibration data, an export folder with `stages_int8/`, a QDQ model),
+    else float32: what `edgenas compile` builds for an MCU target when --dtype is not given."""
+    from edgenas.export.exits_json import read_exits_json
+
+    if calib_data is not None:
+        return "int8"
+    path = resolve_model_path(path)
+    if path.is_dir():
+        stages = read_exits_json(path)["stages"]
         return "int8" if stages and all(st.get("int8_file") for st in stages) else "float32"
-    if path.is_file() and path.suffix == ".onnx":
-        try:
-            return "int8" if is_qdq(onnx.load(str(path), load_external_data=False)) else "float32"
-        except Exception:  # noqa: BLE001  (load_model_source reports the unreadable file)
-            return "float32"
-    return "float32"
+    return "int8" if is_qdq_file(path) else "float32"
 
 
 def calibration_inputs(calib_data, input_shape, limit: int = 256) -> np.ndarray:
@@ -392,10 +405,11 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
                 src = quantised_source(src, calib, tmp / "stages_int8")
         if reference is None:
             ref_logits, ref_exits = reference_outputs(src, x)
-        tolerance = logit_tolerance(src) if dtype == "int8" else LOGIT_TOLERANCE
+        stage_models = [onnx.load(str(st.path)) for st in src.stages]
+        tolerance = logit_tolerance(stage_models, src.stages) if dtype == "int8" else LOGIT_TOLERANCE
         with work.captured_log():
             programs, plan, pool = cdriver.driver_project(
-                [onnx.load(str(st.path)) for st in src.stages], src.stages, src.thresholds, src.n_classes,
+                stage_models, src.stages, src.thresholds, src.n_classes,
                 src.input_shape, x, ref_logits, ref_exits, codegen, target.tvm_target, tmp, dtype=dtype,
                 integer_summary=summaries, logit_tolerance=tolerance)
         for name, text in {"firmware.ld": firmware.linker_script(target, "qemu", firmware.STACK_BYTES),
@@ -436,16 +450,14 @@ def compile_mcu(model_or_run, target, out_dir, codegen: str = "llvm", dtype: str
     return report
 
 
-def logit_tolerance(src: ModelSource) -> float:
+def logit_tolerance(stage_models, stages: Sequence[StageSource]) -> float:
     """One quantisation step of the int8 logits (the largest scale of a DequantizeLinear producing an exit's
     logits), at least LOGIT_TOLERANCE: how far an int8 build may differ from onnxruntime on the same QDQ model (a
     requantisation tie rounded the other way). Logits of a float head keep the float tolerance."""
-    import onnx
     from onnx import numpy_helper
 
     step = LOGIT_TOLERANCE
-    for stage in src.stages:
-        model = onnx.load(str(stage.path))
+    for model, stage in zip(stage_models, stages):
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         logits = model.graph.output[0 if stage.final else 1].name
         for node in model.graph.node:

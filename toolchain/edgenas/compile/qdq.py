@@ -219,9 +219,7 @@ def rewrite_qdq(mod, model, dsp: bool, name: str):
                 return None
             kernel = k8.qlookup(_shape(source[0][0]), k8.lookup_table(np.broadcast_to(values, (256,)), y_scale, y_zp))
             summary.count("lookup table")
-            gv = self.builder_.add_func(kernel.func.with_attr("op_pattern", 8), KERNEL_SYMBOLS["lookup table"])
-            return self.builder_.emit(relax.call_tir(gv, [source[0][0], *(relax.const(c) for c in kernel.constants)],
-                                                     relax.TensorType(kernel.out_shape, kernel.out_dtype)))
+            return _emit_kernel(self.builder_, kernel, KERNEL_SYMBOLS["lookup table"], [source[0][0]])
 
         def integer_group(self, value, y_scale: float, y_zp: int, reshapes: list):
             """The int8 result of quantize(value) as integer kernels, or None when `value` is no integer group."""
@@ -245,10 +243,7 @@ def rewrite_qdq(mod, model, dsp: bool, name: str):
             if kernel is None:
                 return None
             summary.count(kind)
-            gv = self.builder_.add_func(kernel.func.with_attr("op_pattern", 8), KERNEL_SYMBOLS[kind])
-            out = self.builder_.emit(relax.call_tir(
-                gv, [*x, *(relax.const(c) for c in kernel.constants)],
-                relax.TensorType(kernel.out_shape, kernel.out_dtype)))
+            out = _emit_kernel(self.builder_, kernel, KERNEL_SYMBOLS[kind], x)
             for shape in reversed(reshapes):
                 out = self.builder_.emit(relax.op.reshape(out, shape))
             return out
@@ -269,9 +264,9 @@ def rewrite_qdq(mod, model, dsp: bool, name: str):
                     b = self.constant_operand(act.args[1])
                 if a is None or b is None:
                     return None, None, None
-                shape_a, shape_b = _shape(a[0]), _shape(b[0]) if isinstance(b[0], relax.Var) else b[0].shape
-                shape_b = (1,) * (len(shape_a) - len(shape_b)) + tuple(shape_b)  # numpy's right-aligned broadcast
-                if len(shape_b) != len(shape_a) or any(nb not in (1, na) for nb, na in zip(shape_b, shape_a)):
+                shape_a = _shape(a[0])
+                shape_b = _broadcast_shape(shape_a, _shape(b[0]) if isinstance(b[0], relax.Var) else b[0].shape)
+                if shape_b is None:
                     return None, None, None
                 second = b[0] if isinstance(b[0], relax.Var) else relax.const(b[0].reshape(shape_b))
                 return (k8.qadd(shape_a, a[1], a[2], b[1], b[2], y_scale, y_zp, qmin, qmax, shape_b), [a[0], second],
@@ -282,9 +277,9 @@ def rewrite_qdq(mod, model, dsp: bool, name: str):
                     return None, None, None
                 if np.prod(_shape(a[0])) < np.prod(_shape(b[0])):
                     a, b = b, a  # the full tensor first, the broadcast one (a gate) second
-                shape_a, shape_b = _shape(a[0]), _shape(b[0])
-                shape_b = (1,) * (len(shape_a) - len(shape_b)) + shape_b
-                if len(shape_b) != len(shape_a) or any(nb not in (1, na) for nb, na in zip(shape_b, shape_a)):
+                shape_a = _shape(a[0])
+                shape_b = _broadcast_shape(shape_a, _shape(b[0]))
+                if shape_b is None:
                     return None, None, None
                 second = b[0] if shape_b == _shape(b[0]) else self.builder_.emit(relax.op.reshape(b[0], shape_b))
                 return (k8.qmul(shape_a, a[1], a[2], b[1], b[2], y_scale, y_zp, qmin, qmax, shape_b), [a[0], second],
@@ -366,8 +361,7 @@ def rewrite_qdq(mod, model, dsp: bool, name: str):
                 kernel, symbol = k8.dequantize(_shape(call.args[0]), float(scale), int(zp)), "dequantize_output"
             else:
                 return call
-            gv = self.builder_.add_func(kernel.func.with_attr("op_pattern", 8), symbol)
-            return relax.call_tir(gv, [call.args[0]], relax.TensorType(kernel.out_shape, kernel.out_dtype))
+            return _emit_kernel(self.builder_, kernel, symbol, [call.args[0]])
 
     for mutator in (Rewriter, BoundaryRewriter):
         rewriter = mutator(mod)
@@ -377,6 +371,24 @@ def rewrite_qdq(mod, model, dsp: bool, name: str):
         mod = relax.transform.DeadCodeElimination()(mod)
     _check_no_float_weights(mod, model, name, summary)
     return mod, summary
+
+
+def _emit_kernel(builder, kernel, symbol: str, inputs):
+    """Bind a call of `kernel` (added to the module as `symbol`, opaque so that FuseOps leaves it whole) on the
+    activation `inputs`, its constants appended: the one way every integer kernel enters the Relax program."""
+    from tvm import relax
+
+    gv = builder.add_func(kernel.func.with_attr("op_pattern", 8), symbol)
+    return builder.emit(relax.call_tir(gv, [*inputs, *(relax.const(c) for c in kernel.constants)],
+                                       relax.TensorType(kernel.out_shape, kernel.out_dtype)))
+
+
+def _broadcast_shape(shape_a, shape_b) -> tuple[int, ...] | None:
+    """shape_b with leading 1s (numpy's right-aligned broadcast) when it broadcasts to shape_a, else None."""
+    shape_b = (1,) * (len(shape_a) - len(shape_b)) + tuple(int(d) for d in shape_b)
+    if len(shape_b) != len(shape_a) or any(nb not in (1, na) for nb, na in zip(shape_b, shape_a)):
+        return None
+    return shape_b
 
 
 def _prim_value(expr) -> float:
